@@ -1,0 +1,220 @@
+"""`sam2vss` command line: synth, eval, demo. Flags map 1:1 to config dataclass fields."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from sam2vss.config import MetricConfig, SynthConfig
+from sam2vss.data import DataError
+
+log = logging.getLogger("sam2vss")
+
+EPILOG = """examples:
+  sam2vss demo                                   # synthetic set -> evaluate -> demo_out/report.md
+  sam2vss synth --out data/synth --videos 8      # a VSPW-layout synthetic set with base predictions
+  sam2vss eval --data data/synth --pred data/synth/pred_base --json metrics.json
+  sam2vss eval --data VSPW_480p --pred results/ --split val --per-video
+"""
+
+
+def _add_metric_flags(p: argparse.ArgumentParser) -> None:
+    d = MetricConfig()
+    g = p.add_argument_group("metric semantics (METRICS.md section 8; defaults = CFFM/TV3S reference)")
+    g.add_argument(
+        "--num-classes", type=int, default=d.num_classes, help="evaluated classes (default %(default)s)"
+    )
+    g.add_argument(
+        "--boundary-kernel",
+        type=int,
+        default=d.boundary_kernel,
+        help="mBIoU square erosion kernel side, odd (default %(default)s)",
+    )
+    g.add_argument("--pad-border", action="store_true", help="mBIoU: the image border counts as a boundary")
+    g.add_argument(
+        "--void-mode",
+        choices=("drop", "keep"),
+        default=d.void_mode,
+        help="mBIoU: drop predicted band pixels on GT void (default %(default)s)",
+    )
+    g.add_argument(
+        "--vc-skip-rule",
+        choices=("16", "n"),
+        default=d.vc_skip_rule,
+        help="skip videos with <= 16 frames for every n (CFFM/TV3S) or <= n (default %(default)s)",
+    )
+    g.add_argument(
+        "--vc-gt",
+        choices=("reduced", "raw"),
+        default=d.vc_gt,
+        help="GT used by mVC: reduced (CFFM/TV3S) or raw VSPW ids (default %(default)s)",
+    )
+    g.add_argument(
+        "--vc-last-window",
+        action="store_true",
+        help="mVC: L-n+1 windows per video instead of the reference scripts' L-n",
+    )
+    g.add_argument(
+        "--vc-aggregate",
+        choices=("pooled", "per_video"),
+        default=d.vc_aggregate,
+        help="mVC: nanmean over all windows, or mean of per-video means (default %(default)s)",
+    )
+
+
+def _metric_config(a: argparse.Namespace) -> MetricConfig:
+    return MetricConfig(
+        num_classes=a.num_classes,
+        boundary_kernel=a.boundary_kernel,
+        pad_border=a.pad_border,
+        void_mode=a.void_mode,
+        vc_skip_rule=a.vc_skip_rule,
+        vc_gt=a.vc_gt,
+        vc_last_window=a.vc_last_window,
+        vc_aggregate=a.vc_aggregate,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sam2vss",
+        description="SAM2 refinement, I-SAM2 segmentation and exact evaluation for video semantic"
+        " segmentation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = SynthConfig()
+    s = sub.add_parser(
+        "synth",
+        parents=[common],
+        help="write a deterministic synthetic dataset in VSPW layout",
+        description="Synthetic VSS data: frames, raw VSPW masks, instance ids and a simulated base model's"
+        " predictions (DIR/pred_base). Same arguments, same bytes.",
+    )
+    s.add_argument("--out", type=Path, required=True, help="output dataset root")
+    s.add_argument("--videos", type=int, default=d.videos, help="val videos (default %(default)s)")
+    s.add_argument(
+        "--train-videos", type=int, default=d.train_videos, help="train videos (default %(default)s)"
+    )
+    s.add_argument("--frames", type=int, default=d.frames, help="frames per video (default %(default)s)")
+    s.add_argument("--height", type=int, default=d.height, help="frame height (default %(default)s)")
+    s.add_argument("--width", type=int, default=d.width, help="frame width (default %(default)s)")
+    s.add_argument("--classes", type=int, default=d.classes, help="classes in use (default %(default)s)")
+    s.add_argument(
+        "--objects", type=int, default=d.objects, help="moving objects per video (default %(default)s)"
+    )
+    s.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+
+    e = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="mIoU, WIoU, mBIoU, mVC8, mVC16 of a prediction folder",
+        description="Evaluate predictions DIR/<video>/<frame>.png (class ids 0..C-1, palette or grayscale)"
+        " against a VSPW or VIPSeg root, exactly as the field's reference scripts compute the metrics"
+        " (METRICS.md section 8).",
+    )
+    e.add_argument("--data", type=Path, required=True, help="dataset root (VSPW or VIPSeg layout)")
+    e.add_argument("--pred", type=Path, required=True, help="prediction folder, one subfolder per video")
+    e.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
+    e.add_argument("--layout", choices=("auto", "vspw", "vipseg"), default="auto", help="dataset layout")
+    e.add_argument("--json", type=Path, help="write the metrics JSON here")
+    e.add_argument("--per-video", action="store_true", help="also print a per-video breakdown")
+    e.add_argument("--workers", type=int, default=None, help="decode threads (default: all cores)")
+    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    e.add_argument(
+        "--reference",
+        action="store_true",
+        help="use the slow per-frame numpy twin written like the reference scripts",
+    )
+    _add_metric_flags(e)
+
+    m = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="the main job on its built-in default: synthesize, evaluate, report",
+        description="Generates a small synthetic set, evaluates its simulated base predictions and writes"
+        " DIR/report.md.",
+    )
+    m.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default %(default)s)")
+    m.add_argument("--videos", type=int, default=3, help="synthetic val videos (default %(default)s)")
+    m.add_argument("--frames", type=int, default=24, help="frames per video (default %(default)s)")
+    return p
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from sam2vss.synth import synthesize
+
+    cfg = SynthConfig(
+        videos=a.videos,
+        frames=a.frames,
+        height=a.height,
+        width=a.width,
+        classes=a.classes,
+        objects=a.objects,
+        seed=a.seed,
+        train_videos=a.train_videos,
+    )
+    t0 = time.perf_counter()
+    synthesize(a.out, cfg, progress=not a.quiet)
+    print(
+        f"wrote {a.out} ({cfg.videos} val + {cfg.train_videos} train videos x {cfg.frames} frames,"
+        f" {time.perf_counter() - t0:.1f} s); base predictions in {a.out / 'pred_base'}"
+    )
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from sam2vss.data import open_dataset
+    from sam2vss.evaluate import describe_counts, evaluate, format_table
+    from sam2vss.metrics import summarize
+    from sam2vss.sinks import write_json
+
+    cfg = _metric_config(a)
+    dataset = open_dataset(a.data, a.layout)
+    t0 = time.perf_counter()
+    if a.reference:
+        from sam2vss.metrics_reference import evaluate_reference
+
+        metrics, videos = evaluate_reference(dataset, a.pred, a.split, cfg, progress=not a.quiet), []
+    else:
+        result = evaluate(dataset, a.pred, a.split, cfg, a.device, a.workers, progress=not a.quiet)
+        metrics, videos = result.metrics, result.videos
+    dt = time.perf_counter() - t0
+    print(format_table([(str(a.pred), metrics)]))
+    print(describe_counts(metrics) + f"; {metrics['frames'] / dt:.1f} frames/s")
+    if a.per_video and videos:
+        print()
+        print(format_table([(v.name, summarize([v], cfg)) for v in videos], title="per video"))
+    if a.json:
+        write_json(a.json, {**metrics, "config": cfg.__dict__ | {"vc_lengths": list(cfg.vc_lengths)}})
+        print(f"wrote {a.json}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from sam2vss.demo import run_demo
+
+    run_demo(a.out, videos=a.videos, frames=a.frames, progress=not a.quiet)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    handlers = {"synth": cmd_synth, "eval": cmd_eval, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except (DataError, ValueError) as e:
+        print(f"sam2vss {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
