@@ -91,9 +91,7 @@ def main() -> int:
     print(f"\n{n} frames at 480x853, {a.videos} videos, {a.workers} workers, {environment()}")
     print(f"{'implementation':28s} {'frames/s':>9s} {'ms/frame':>9s} {'vs reference':>13s} {'vs floor':>9s}")
     for name, sec in rows:
-        print(
-            f"{name:28s} {n / sec:9.1f} {1000 * sec / n:9.2f} {ref_s / sec:12.1f}x {sec / floor_s:8.2f}x"
-        )
+        print(f"{name:28s} {n / sec:9.1f} {1000 * sec / n:9.2f} {ref_s / sec:12.1f}x {sec / floor_s:8.2f}x")
     result = {
         "environment": environment(),
         "frames": n,

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from sam2vss.config import MetricConfig
 from sam2vss.data import Dataset, check_prediction, match_frames, read_label_png
-from sam2vss.metrics import VideoMetrics, VideoStats, Workspace, frame_counts, summarize
+from sam2vss.kernels import metric_ops
+from sam2vss.metrics import VideoMetrics, VideoStats, Workspace, summarize
 
 METRIC_COLUMNS = (
     ("mIoU", "miou"),
@@ -50,6 +51,7 @@ class _FrameWork:
 
     def __init__(self, dataset: Dataset, cfg: MetricConfig, device: torch.device):
         self.dataset, self.cfg, self.device = dataset, cfg, device
+        self.ops = metric_ops(device)
         self._local = threading.local()
 
     def __call__(self, frame: _Frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -61,7 +63,7 @@ class _FrameWork:
             self._local.ws = Workspace()
         g = torch.from_numpy(gt).to(self.device)
         p = torch.from_numpy(pred).to(self.device)
-        conf, bconf = frame_counts(g, p, self.cfg, self._local.ws)
+        conf, bconf = self.ops.frame_counts(g, p, self.cfg, self._local.ws)
         vc_gt = torch.from_numpy(raw).to(self.device) if self.cfg.vc_gt == "raw" else g
         return conf, bconf, vc_gt, p
 

@@ -17,11 +17,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from sam2vss.config import MetricConfig
+
+if TYPE_CHECKING:
+    from sam2vss.kernels import MetricOps
 
 
 @dataclass
@@ -122,7 +126,49 @@ def frame_counts(
     a = torch.sub(g32, c, out=ws.buf("a", gt, torch.int32)).mul_(in_gt).add_(c)  # C: not in band
     b = torch.sub(p32, c, out=ws.buf("b", gt, torch.int32)).mul_(in_pred).add_(c)
     bconf = torch.bincount(a.mul_(c + 1).add_(b).view(-1), minlength=(c + 1) ** 2)
+    bconf[-1] = 0  # (C, C): in neither band; never read, and the kernels do not count it
     return conf, bconf
+
+
+@dataclass
+class VCState:
+    """Per-pixel video-consistency state of one video (all (H, W) uint8 on the device)."""
+
+    run_gt: torch.Tensor  # frames the GT label has stayed constant up to now, saturating at cap
+    run_pred: torch.Tensor  # the same for the prediction
+    prev_gt: torch.Tensor  # last frame's GT (as VC sees it: reduced or raw)
+    prev_pred: torch.Tensor  # last frame's prediction
+
+    @staticmethod
+    def like(g: torch.Tensor, ws: Workspace) -> VCState:
+        return VCState(*(ws.buf(name, g) for name in ("run_gt", "run_pred", "prev_gt", "prev_pred")))
+
+
+def vc_step(
+    g: torch.Tensor, p: torch.Tensor, state: VCState, first: bool, cap: int, ns: list[int], ws: Workspace
+) -> torch.Tensor:
+    """Advance the run lengths by one frame; (2 * len(ns),) int64 counts: for each n,
+    |run_gt >= n and run_pred >= n| then |run_gt >= n|. The window of n frames ending at this
+    frame is GT-constant at x iff run_gt(x) >= n. Torch twin of kernels/consistency.cu."""
+    runs, prevs = (state.run_gt, state.run_pred), (state.prev_gt, state.prev_pred)
+    if first:
+        for run in runs:
+            run.fill_(1)
+    else:
+        cap_t, same = ws.const(cap, g), ws.buf("same", g, torch.bool)
+        for run, cur, prev in zip(runs, (g, p), prevs, strict=True):
+            # run = min(run + 1, cap) where the label is unchanged, else 1
+            torch.minimum(run.add_(1), cap_t, out=run).mul_(torch.eq(cur, prev, out=same)).clamp_(min=1)
+    prevs[0].copy_(g)
+    prevs[1].copy_(p)
+    gc, both = ws.buf("gc", g, torch.bool), ws.buf("both", g, torch.bool)
+    counts = []
+    for n in ns:
+        n_t = ws.const(n, g)
+        torch.ge(runs[0], n_t, out=gc)
+        torch.ge(runs[1], n_t, out=both).logical_and_(gc)
+        counts += [x.view(torch.uint8).sum(dtype=torch.int64) for x in (both, gc)]
+    return torch.stack(counts) if counts else torch.zeros(0, dtype=torch.int64, device=g.device)
 
 
 class VideoMetrics:
@@ -139,8 +185,12 @@ class VideoMetrics:
         num_frames: int,
         device: torch.device | str = "cpu",
         ws: Workspace | None = None,
+        ops: MetricOps | None = None,
     ):
+        from sam2vss.kernels import metric_ops  # kernels imports this module's torch twins
+
         self.cfg = cfg
+        self.ops = ops or metric_ops(device)
         self.num_frames = num_frames
         self.device = torch.device(device)
         self.ws = ws or Workspace()
@@ -151,6 +201,7 @@ class VideoMetrics:
         self._vc_ns = [n for n in cfg.vc_lengths if not cfg.skips_vc(num_frames, n)]
         self._cap = max(cfg.vc_lengths)
         self._vc_counts: dict[int, list[torch.Tensor]] = {n: [] for n in self._vc_ns}
+        self._vc_state: VCState | None = None
         self._t = 0
 
     @property
@@ -163,7 +214,7 @@ class VideoMetrics:
     def update(self, gt: torch.Tensor, pred: torch.Tensor, gt_raw: torch.Tensor | None = None) -> None:
         """Add one frame (frames must come in order)."""
         gt, pred = gt.to(self.device), pred.to(self.device)
-        self.add_counts(*frame_counts(gt, pred, self.cfg, self.ws))
+        self.add_counts(*self.ops.frame_counts(gt, pred, self.cfg, self.ws))
         self.update_vc(gt_raw.to(self.device) if self.cfg.vc_gt == "raw" else gt, pred)
 
     def add_counts(self, conf: torch.Tensor, bconf: torch.Tensor) -> None:
@@ -180,28 +231,13 @@ class VideoMetrics:
         self._t += 1
 
     def _update_vc(self, g: torch.Tensor, p: torch.Tensor) -> None:
-        ws = self.ws
-        runs = ws.buf("run_gt", g), ws.buf("run_pred", g)
-        prevs = ws.buf("prev_gt", g), ws.buf("prev_pred", g)
-        if self._t == 0:
-            for run in runs:
-                run.fill_(1)
-        else:
-            cap, same = ws.const(self._cap, g), ws.buf("same", g, torch.bool)
-            for run, cur, prev in zip(runs, (g, p), prevs, strict=True):
-                # run = min(run + 1, cap) where the label is unchanged, else 1
-                torch.minimum(run.add_(1), cap, out=run).mul_(torch.eq(cur, prev, out=same)).clamp_(min=1)
-        prevs[0].copy_(g)
-        prevs[1].copy_(p)
+        if self._vc_state is None:
+            self._vc_state = VCState.like(g, self.ws)
         t = self._t
-        gc, both = ws.buf("gc", g, torch.bool), ws.buf("both", g, torch.bool)
-        for n in self._vc_ns:
-            if n - 1 <= t <= self._last_start(n) + n - 1:
-                n_t = ws.const(n, g)
-                torch.ge(runs[0], n_t, out=gc)
-                torch.ge(runs[1], n_t, out=both).logical_and_(gc)
-                counts = [x.view(torch.uint8).sum(dtype=torch.int64) for x in (both, gc)]
-                self._vc_counts[n].append(torch.stack(counts))
+        active = [n for n in self._vc_ns if n - 1 <= t <= self._last_start(n) + n - 1]
+        counts = self.ops.vc_step(g, p, self._vc_state, t == 0, self._cap, active, self.ws)
+        for k, n in enumerate(active):
+            self._vc_counts[n].append(counts[2 * k : 2 * k + 2])
 
     def finish(self, name: str) -> VideoStats:
         if self._t != self.num_frames:

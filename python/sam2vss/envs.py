@@ -1,0 +1,12 @@
+"""Every environment variable sam2vss reads, in one place."""
+
+from __future__ import annotations
+
+import os
+
+# Kernel backend for the per-pixel ops: "auto" (host on CPU, cupy on CUDA when available),
+# or force one of "torch", "host", "cupy". "torch" runs the reference twins everywhere.
+SAM2VSS_KERNELS: str = os.environ.get("SAM2VSS_KERNELS", "auto").strip().lower()
+
+# CuPy/NVRTC cache folder for compiled kernels (default: CuPy's own cache).
+SAM2VSS_KERNEL_CACHE: str | None = os.environ.get("SAM2VSS_KERNEL_CACHE") or None

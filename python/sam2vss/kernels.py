@@ -1,0 +1,168 @@
+"""One dispatch for the per-pixel ops: `torch` twin, `host` build or `cupy` (DESIGN.md "Kernels").
+
+The backend is chosen once per device with written-out guards and logged once:
+- CPU tensors: `host` when the native module sam2vss._host imports (it is built by every
+  install), else `torch`;
+- CUDA tensors: `cupy` when CuPy works with the device and the kernels are loadable, else
+  `torch`;
+- SAM2VSS_KERNELS=torch|host|cupy forces one (an unavailable forced backend is an error, never
+  a silent fallback).
+All input checks (dtype, shape, device, contiguity) live in `_labels` here. The host ops write
+into fresh int64 outputs, so callers may run them on several threads at once (each op releases
+the GIL; one OpenMP thread each, since the callers already parallelise over frames).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import torch
+
+from sam2vss import envs
+from sam2vss.config import MetricConfig
+from sam2vss.metrics import VCState, Workspace, frame_counts, label_band, vc_step
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "host", "cupy")
+
+
+@cache
+def _host_module():
+    try:
+        from sam2vss import _host
+    except ImportError as e:  # a source checkout that was never built with `pip install -e .`
+        log.debug("sam2vss._host unavailable: %s", e)
+        return None
+    return _host
+
+
+def _labels(*tensors: torch.Tensor, device_type: str) -> list[torch.Tensor]:
+    """Label maps must be (H, W) uint8 on one device and of one shape; returns contiguous ones."""
+    shape = tensors[0].shape
+    for i, t in enumerate(tensors):
+        if t.dtype != torch.uint8 or t.dim() != 2:
+            raise ValueError(
+                f"kernel input {i}: expected an (H, W) uint8 label map, got {t.dtype} {tuple(t.shape)}"
+            )
+        if t.shape != shape:
+            raise ValueError(f"kernel input {i}: shape {tuple(t.shape)} differs from input 0 {tuple(shape)}")
+        if t.device.type != device_type:
+            raise ValueError(f"kernel input {i}: on {t.device}, expected a {device_type} tensor")
+        if t.numel() >= 2**31:
+            raise ValueError(f"kernel input {i}: {t.numel()} pixels exceed the 2^31 index limit")
+    return [t.contiguous() for t in tensors]
+
+
+class MetricOps:
+    """The metric ops of one backend; torch is the reference twin of the others."""
+
+    def __init__(self, backend: str):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown kernel backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if backend == "host" and _host_module() is None:
+            raise RuntimeError(
+                "kernel backend 'host' requested but sam2vss._host is not built; reinstall with"
+                " `pip install -e .` (CMake builds it) or set SAM2VSS_KERNELS=torch"
+            )
+        if backend == "cupy":
+            raise RuntimeError(
+                "kernel backend 'cupy' is not wired into the metrics yet (the CUDA sources in kernels/"
+                " compile; the CuPy loader arrives with the kernels issue); use SAM2VSS_KERNELS=torch"
+            )
+        self.backend = backend
+        self.threads = 1
+
+    def frame_counts(
+        self, gt: torch.Tensor, pred: torch.Tensor, cfg: MetricConfig, ws: Workspace
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C*C,) IoU confusion and ((C+1)^2,) band co-occurrence int64 counts of one frame."""
+        if self.backend == "torch":
+            return frame_counts(gt, pred, cfg, ws)
+        gt, pred = _labels(gt, pred, device_type="cpu")
+        c = cfg.num_classes
+        conf = torch.zeros(c * c, dtype=torch.int64)
+        bconf = torch.zeros((c + 1) ** 2, dtype=torch.int64)
+        h, w = gt.shape
+        _host_module().frame_counts(
+            gt.data_ptr(),
+            pred.data_ptr(),
+            h,
+            w,
+            c,
+            cfg.boundary_kernel,
+            cfg.pad_border,
+            cfg.void_mode == "drop",
+            conf.data_ptr(),
+            bconf.data_ptr(),
+            self.threads,
+        )
+        return conf, bconf
+
+    def band(self, lab: torch.Tensor, k: int, pad_border: bool) -> torch.Tensor:
+        """(H, W) bool boundary band of a label map (METRICS.md 8.3)."""
+        if self.backend == "torch":
+            return label_band(lab, k, pad_border).clone()
+        (lab,) = _labels(lab, device_type="cpu")
+        out = torch.empty(lab.shape, dtype=torch.uint8)
+        _host_module().band(
+            lab.data_ptr(), lab.shape[0], lab.shape[1], k, pad_border, out.data_ptr(), self.threads
+        )
+        return out.bool()
+
+    def vc_step(
+        self,
+        g: torch.Tensor,
+        p: torch.Tensor,
+        state: VCState,
+        first: bool,
+        cap: int,
+        ns: list[int],
+        ws: Workspace,
+    ) -> torch.Tensor:
+        """Advance the VC run lengths one frame; counts as in metrics.vc_step."""
+        if self.backend == "torch":
+            return vc_step(g, p, state, first, cap, ns, ws)
+        g, p = _labels(g, p, device_type="cpu")
+        if not 1 <= cap <= 255:
+            raise ValueError(f"vc_step: cap must be in 1..255, got {cap}")
+        ns_t = torch.tensor(ns, dtype=torch.int64)
+        counts = torch.zeros(2 * len(ns), dtype=torch.int64)
+        _host_module().vc_step(
+            g.data_ptr(),
+            p.data_ptr(),
+            state.prev_gt.data_ptr(),
+            state.prev_pred.data_ptr(),
+            state.run_gt.data_ptr(),
+            state.run_pred.data_ptr(),
+            g.numel(),
+            first,
+            cap,
+            ns_t.data_ptr(),
+            len(ns),
+            counts.data_ptr(),
+            self.threads,
+        )
+        return counts
+
+
+def select_backend(device: torch.device | str) -> str:
+    device = torch.device(device)
+    forced = envs.SAM2VSS_KERNELS
+    if forced != "auto":
+        if forced not in BACKENDS:
+            raise ValueError(f"SAM2VSS_KERNELS={forced!r}: expected auto, {', '.join(BACKENDS)}")
+        return forced
+    if device.type == "cpu":
+        return "host" if _host_module() is not None else "torch"
+    return "torch"  # CUDA: the CuPy path is not wired yet (see MetricOps)
+
+
+@cache
+def metric_ops(device: torch.device | str = "cpu") -> MetricOps:
+    """The MetricOps for `device`, chosen once and logged once."""
+    device = torch.device(device)
+    backend = select_backend(device)
+    log.info("metric kernels on %s: %s", device.type, backend)
+    return MetricOps(backend)
