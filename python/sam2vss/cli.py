@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from sam2vss.config import MetricConfig, SynthConfig
-from sam2vss.data import DataError
+from sam2vss.config import MetricConfig, RefineConfig, SynthConfig
+from sam2vss.data import DataError, open_dataset
+from sam2vss.model import ModelConfig
 
 log = logging.getLogger("sam2vss")
 
@@ -18,6 +19,8 @@ EPILOG = """examples:
   sam2vss synth --out data/synth --videos 8      # a VSPW-layout synthetic set with base predictions
   sam2vss eval --data data/synth --pred data/synth/pred_base --json metrics.json
   sam2vss eval --data VSPW_480p --pred results/ --split val --per-video
+  sam2vss refine --data VSPW_480p --pred base/ --out refined/ --checkpoint sam2.1_hiera_large.pt --model l
+  sam2vss refine --data data/synth --pred data/synth/pred_base --out refined/ --masks superpixel
 """
 
 
@@ -63,6 +66,25 @@ def _add_metric_flags(p: argparse.ArgumentParser) -> None:
         default=d.vc_aggregate,
         help="mVC: nanmean over all windows, or mean of per-video means (default %(default)s)",
     )
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    d = ModelConfig()
+    g = p.add_argument_group("SAM2 model")
+    g.add_argument(
+        "--checkpoint",
+        default=None,
+        help="SAM2 checkpoint .pt, or 'none' for random weights (plumbing and speed only)",
+    )
+    g.add_argument(
+        "--model",
+        default=d.name,
+        help="sam2.1_hiera_t|s|b+|l (or t, s, b+, l), sam2_hiera_* for SAM2 (default %(default)s)",
+    )
+    g.add_argument(
+        "--image-size", type=int, default=d.image_size, help="SAM2 input size (default %(default)s)"
+    )
+    g.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
 
 
 def _metric_config(a: argparse.Namespace) -> MetricConfig:
@@ -135,6 +157,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_metric_flags(e)
 
+    r = sub.add_parser(
+        "refine",
+        parents=[common],
+        help="refine base predictions with SAM2 (or superpixel) masklets",
+        description="The paper's refiner: masklets from SAM2's mask generator propagated through"
+        " non-overlapping windows; each masklet takes the majority base class. Outputs"
+        " OUT/<video>/<frame>.png; OUT/manifest.json makes reruns resume.",
+    )
+    src = r.add_argument_group("input (a dataset root, or one video file with its label folder)")
+    src.add_argument("--data", type=Path, help="dataset root in VSPW layout (frames in data/<video>/origin)")
+    src.add_argument("--pred", type=Path, help="base predictions, DIR/<video>/<frame>.png")
+    src.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
+    src.add_argument("--video", type=Path, help="a video file (instead of --data)")
+    src.add_argument("--labels", type=Path, help="the video's base predictions, one PNG per frame")
+    r.add_argument("--out", type=Path, required=True, help="output folder")
+    r.add_argument(
+        "--overwrite", action="store_true", help="discard results of another configuration in --out"
+    )
+    d = RefineConfig()
+    g = r.add_argument_group("refiner (defaults: the paper's settings)")
+    g.add_argument(
+        "--masks",
+        choices=("sam2", "instances", "superpixel"),
+        default=d.masks,
+        help="masklet source (default %(default)s; instances: the dataset's instance masks)",
+    )
+    g.add_argument(
+        "--pipeline",
+        choices=("reference", "fast"),
+        default="reference",
+        help="reference: official SAM2 classes (default); fast: the engine",
+    )
+    g.add_argument("--window", type=int, default=d.window, help="frames per window (default %(default)s)")
+    g.add_argument("--grid", type=int, default=d.grid, help="AMG points per side (default %(default)s)")
+    g.add_argument("--pred-iou-thresh", type=float, default=d.pred_iou_thresh, help="default %(default)s")
+    g.add_argument("--stability-thresh", type=float, default=d.stability_thresh, help="default %(default)s")
+    g.add_argument("--stability-offset", type=float, default=d.stability_offset, help="default %(default)s")
+    g.add_argument("--box-nms-thresh", type=float, default=d.box_nms_thresh, help="default %(default)s")
+    g.add_argument(
+        "--vote-scope",
+        choices=("masklet", "frame"),
+        default=None,
+        help="one class per masklet per window, or per frame (default: masklet; frame for superpixels)",
+    )
+    g.add_argument(
+        "--paint-order",
+        choices=("area", "logit", "amg"),
+        default=d.paint_order,
+        help="overlaps: area descending (smaller wins), highest logit, or AMG order (default %(default)s)",
+    )
+    g.add_argument("--superpixel-method", choices=("slic", "felzenszwalb"), default=d.superpixel_method)
+    g.add_argument(
+        "--superpixel-size",
+        type=int,
+        default=d.superpixel_size,
+        help="SLIC mean superpixel area in pixels (default %(default)s)",
+    )
+    g.add_argument("--num-classes", type=int, default=d.num_classes, help="default %(default)s")
+    _add_model_flags(r)
+
     m = sub.add_parser(
         "demo",
         parents=[common],
@@ -145,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default %(default)s)")
     m.add_argument("--videos", type=int, default=3, help="synthetic val videos (default %(default)s)")
     m.add_argument("--frames", type=int, default=24, help="frames per video (default %(default)s)")
+    m.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a SAM2 checkpoint: refine with SAM2 masklets instead of superpixels",
+    )
+    m.add_argument("--model", default="sam2.1_hiera_t", help="model of --checkpoint (default %(default)s)")
     return p
 
 
@@ -198,17 +286,68 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(a: argparse.Namespace) -> int:
+    from sam2vss.refine import dataset_jobs, refine_jobs, video_job
+
+    if a.pipeline == "fast":
+        raise ValueError("--pipeline fast: the fast engine is not built yet; use --pipeline reference")
+    if (a.data is None) == (a.video is None):
+        raise ValueError("give either --data ROOT --pred DIR, or --video FILE --labels DIR")
+    cfg = RefineConfig(
+        masks=a.masks,
+        window=a.window,
+        grid=a.grid,
+        pred_iou_thresh=a.pred_iou_thresh,
+        stability_thresh=a.stability_thresh,
+        stability_offset=a.stability_offset,
+        box_nms_thresh=a.box_nms_thresh,
+        vote_scope=a.vote_scope or ("frame" if a.masks == "superpixel" else "masklet"),
+        paint_order=a.paint_order,
+        num_classes=a.num_classes,
+        superpixel_method=a.superpixel_method,
+        superpixel_size=a.superpixel_size,
+    )
+    model_cfg = None
+    if a.masks != "superpixel":
+        if a.checkpoint is None:
+            raise ValueError(
+                f"--masks {a.masks} needs --checkpoint PATH (a SAM2 .pt), or --checkpoint none for random"
+                " weights (plumbing and speed only); --masks superpixel needs no model"
+            )
+        model_cfg = ModelConfig(
+            name=a.model, checkpoint=a.checkpoint, image_size=a.image_size, device=a.device
+        )
+    if a.data is not None:
+        if a.pred is None:
+            raise ValueError("--data needs --pred DIR (the base predictions to refine)")
+        jobs = dataset_jobs(open_dataset(a.data), a.pred, a.split)
+    else:
+        if a.labels is None:
+            raise ValueError("--video needs --labels DIR (the video's base predictions)")
+        jobs = [video_job(a.video, a.labels)]
+    report = refine_jobs(jobs, a.out, cfg, model_cfg, overwrite=a.overwrite, progress=not a.quiet)
+    fps = report.frames / max(report.seconds, 1e-9)
+    print(
+        f"refined {len(report.done)} videos ({report.frames} frames, {fps:.2f} frames/s), skipped"
+        f" {len(report.skipped)} already done, {len(report.failed)} failed -> {a.out}"
+    )
+    for name, error in report.failed.items():
+        print(f"  FAILED {name}: {error} (traceback in {a.out / 'manifest.json'})", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from sam2vss.demo import run_demo
 
-    run_demo(a.out, videos=a.videos, frames=a.frames, progress=not a.quiet)
+    model_cfg = None if a.checkpoint is None else ModelConfig(name=a.model, checkpoint=a.checkpoint)
+    run_demo(a.out, videos=a.videos, frames=a.frames, model_cfg=model_cfg, progress=not a.quiet)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    handlers = {"synth": cmd_synth, "eval": cmd_eval, "demo": cmd_demo}
+    handlers = {"synth": cmd_synth, "eval": cmd_eval, "refine": cmd_refine, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except (DataError, ValueError) as e:

@@ -31,22 +31,22 @@ class MetricConfig:
     vc_aggregate: str = "pooled"  # "pooled" nanmean over all windows, or "per_video" mean
 
     def __post_init__(self) -> None:
+        _check_choices(
+            self,
+            void_mode=("drop", "keep"),
+            vc_skip_rule=("16", "n"),
+            vc_gt=("reduced", "raw"),
+            vc_aggregate=("pooled", "per_video"),
+        )
         checks = [
             (1 <= self.num_classes <= 254, f"num_classes must be in 1..254, got {self.num_classes}"),
             (
                 self.boundary_kernel >= 3 and self.boundary_kernel % 2 == 1,
                 f"boundary_kernel must be odd and >= 3, got {self.boundary_kernel}",
             ),
-            (self.void_mode in ("drop", "keep"), f"void_mode must be drop or keep, got {self.void_mode!r}"),
             (
                 len(self.vc_lengths) > 0 and all(2 <= n <= 250 for n in self.vc_lengths),
                 f"vc_lengths must be window lengths in 2..250, got {self.vc_lengths}",
-            ),
-            (self.vc_skip_rule in ("16", "n"), f"vc_skip_rule must be 16 or n, got {self.vc_skip_rule!r}"),
-            (self.vc_gt in ("reduced", "raw"), f"vc_gt must be reduced or raw, got {self.vc_gt!r}"),
-            (
-                self.vc_aggregate in ("pooled", "per_video"),
-                f"vc_aggregate must be pooled or per_video, got {self.vc_aggregate!r}",
             ),
         ]
         for ok, message in checks:
@@ -90,3 +90,59 @@ def config_hash(cfg: object) -> str:
     """Short stable hash of a config dataclass: keys manifests and cached artifacts."""
     blob = json.dumps({type(cfg).__name__: asdict(cfg)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """The refiner (the paper's Fig. 1, METRICS.md 8.5); defaults are the paper's settings."""
+
+    masks: str = "sam2"  # masklet source: sam2 (AMG + propagation), instances (prompt SAM2 with
+    #                      the dataset's instance masks; tests and benchmarks), superpixel (per frame)
+    window: int = 32  # frames per non-overlapping window; AMG runs on each window's first frame
+    grid: int = 16  # AMG points per side
+    pred_iou_thresh: float = 0.6
+    stability_thresh: float = 0.8
+    stability_offset: float = 0.9
+    box_nms_thresh: float = 0.7
+    vote_scope: str = "masklet"  # masklet: one class per masklet over its window; frame: per frame
+    paint_order: str = "area"  # area (descending, smaller masklets win), logit (highest), amg
+    num_classes: int = NUM_CLASSES
+    superpixel_method: str = "slic"  # slic | felzenszwalb
+    superpixel_size: int = 256  # SLIC: mean superpixel area in pixels (n_segments = H * W / size)
+    superpixel_compactness: float = 10.0  # SLIC compactness
+    felzenszwalb_scale: float = 200.0  # Felzenszwalb scale (min_size = scale / 4)
+
+    def __post_init__(self) -> None:
+        _check_choices(
+            self,
+            masks=("sam2", "instances", "superpixel"),
+            vote_scope=("masklet", "frame"),
+            paint_order=("area", "logit", "amg"),
+            superpixel_method=("slic", "felzenszwalb"),
+        )
+        checks = [
+            (self.window >= 1, f"window must be >= 1, got {self.window}"),
+            (self.grid >= 1, f"grid must be >= 1, got {self.grid}"),
+            (self.superpixel_size >= 4, f"superpixel_size must be >= 4 pixels, got {self.superpixel_size}"),
+            (1 <= self.num_classes <= 254, f"num_classes must be in 1..254, got {self.num_classes}"),
+            (
+                not (self.masks == "superpixel" and self.vote_scope == "masklet"),
+                "superpixels are per frame and untracked: use vote_scope='frame' (--vote-scope frame)",
+            ),
+            (
+                not (self.masks == "superpixel" and self.paint_order == "logit"),
+                "superpixels have no logits: use paint_order area or amg",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"RefineConfig: {message}")
+
+
+def _check_choices(cfg: object, **choices: tuple[str, ...]) -> None:
+    for name, options in choices.items():
+        value = getattr(cfg, name)
+        if value not in options:
+            raise ValueError(
+                f"{type(cfg).__name__}: {name} must be one of {', '.join(options)}, got {value!r}"
+            )

@@ -200,14 +200,14 @@ class _Video:
             self.slow_prev = self.slow_next
             self.slow_next = [_smooth_field(rng, h, w, 4, 2.0) for _ in range(2)]
         a = (t % 8) / 8.0
-        fast = [_smooth_field(rng, h, w, 6, 0.7) for _ in range(2)]
+        fast = [_smooth_field(rng, h, w, 6, 1.0) for _ in range(2)]
         dy = (1 - a) * self.slow_prev[0] + a * self.slow_next[0] + fast[0]
         dx = (1 - a) * self.slow_prev[1] + a * self.slow_next[1] + fast[1]
         sy = np.clip(np.rint(self.ys + dy), 0, h - 1).astype(np.int64)
         sx = np.clip(np.rint(self.xs + dx), 0, w - 1).astype(np.int64)
         warped = region[sy, sx]
         # Confusions with the similar class on part of a region, toggling in runs of frames.
-        flip = rng.random(len(self.confuse_state)) < 0.08
+        flip = rng.random(len(self.confuse_state)) < 0.03
         self.confuse_state = np.where(flip, rng.random(len(flip)) < self.confuse_rate, self.confuse_state)
         apparent = self.apparent_table(table)
         pred = apparent[warped]
@@ -217,7 +217,7 @@ class _Video:
             similar = np.minimum(pred ^ 1, cfg.classes - 1)
             pred = np.where(confused, similar, pred)
         # Spurious blobs that live 1-3 frames.
-        for _ in range(int(rng.poisson(1.0))):
+        for _ in range(int(rng.poisson(2.0))):
             self.blobs.append(
                 (
                     int(rng.integers(0, cfg.classes)),

@@ -1,0 +1,151 @@
+"""The paper's refiner written with the official SAM2 classes: the oracle and the baseline.
+
+Per non-overlapping window of W frames (METRICS.md 8.5): SAM2AutomaticMaskGenerator on the
+window's first frame (or the dataset's instance masks with `masks="instances"`), then
+SAM2VideoPredictor: `init_state` on a per-window frame folder, `add_new_mask` per mask and
+`propagate_in_video` over the window; masklets are `logits > 0` at the label resolution. Then
+aggregate, vote and paint (vote.py). Superpixel masklets (scikit-image, per frame, vote scope
+frame) need no model. It is deliberately the straightforward way: the fast engine is held to
+its labels and measured against its speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sam2vss import model as sam2_model
+from sam2vss.config import RefineConfig
+from sam2vss.model import ModelConfig
+from sam2vss.vote import aggregate, aggregate_logits, decide, id_histogram, paint, paint_order, vote_histogram
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Window:
+    """The inputs of one window (T frames)."""
+
+    frames: list[np.ndarray]  # (H, W, 3) uint8 RGB each
+    labels: list[np.ndarray]  # base prediction S_t, (h, w) uint8 each (the output resolution)
+    paths: list[Path] | None  # the frames' image files, when they come from a folder
+    instances: np.ndarray | None  # (h, w) instance ids of the first frame (masks="instances")
+
+
+def superpixels(image: np.ndarray, cfg: RefineConfig) -> np.ndarray:
+    """(H, W) int32 segment ids 0..n-1 of one frame."""
+    from skimage.segmentation import felzenszwalb, slic
+
+    if cfg.superpixel_method == "slic":
+        n_segments = max(1, image.shape[0] * image.shape[1] // cfg.superpixel_size)
+        seg = slic(image, n_segments=n_segments, compactness=cfg.superpixel_compactness,
+                   start_label=0, enforce_connectivity=True)  # fmt: skip
+    else:
+        seg = felzenszwalb(
+            image, scale=cfg.felzenszwalb_scale, sigma=0.8, min_size=int(cfg.felzenszwalb_scale / 4)
+        )
+    return seg.astype(np.int32)
+
+
+def _resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == hw:
+        return image
+    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
+
+
+class ReferenceRefiner:
+    """Refines one video at a time; construct once (it builds the model once)."""
+
+    def __init__(self, cfg: RefineConfig, model_cfg: ModelConfig | None = None):
+        self.cfg = cfg
+        self.predictor = None
+        self.generator = None
+        if cfg.masks != "superpixel":
+            model_cfg = model_cfg or ModelConfig()
+            self.device = sam2_model.resolve_device(model_cfg.device)
+            self.predictor = sam2_model.build(model_cfg, video=True)
+            if cfg.masks == "sam2":
+                self.generator = sam2_model.mask_generator(
+                    self.predictor,
+                    points_per_side=cfg.grid,
+                    pred_iou_thresh=cfg.pred_iou_thresh,
+                    stability_score_thresh=cfg.stability_thresh,
+                    stability_score_offset=cfg.stability_offset,
+                    box_nms_thresh=cfg.box_nms_thresh,
+                )
+
+    # ------------------------------------------------------------------ masklets
+    def _keyframe_masks(self, window: Window) -> tuple[list[np.ndarray], torch.Tensor]:
+        """Masks to prompt on the window's first frame, and their areas (for the paint order)."""
+        if self.cfg.masks == "instances":
+            ids = window.instances
+            if ids is None:
+                raise ValueError("masks='instances' needs instance masks (DATA/data/<video>/instance/*.png)")
+            masks = [ids == k for k in np.unique(ids) if k != 0]
+        else:
+            with torch.inference_mode(), sam2_model.autocast(self.device):
+                records = self.generator.generate(window.frames[0])
+            masks = [r["segmentation"] for r in records if r["area"] > 0]
+        areas = torch.tensor([int(m.sum()) for m in masks], dtype=torch.int64)
+        return masks, areas
+
+    def _propagate(self, window: Window, masks: list[np.ndarray]) -> Iterator[torch.Tensor]:
+        """(N, h, w) float logits per frame at the label resolution, via the official predictor."""
+        out_hw = window.labels[0].shape
+        with tempfile.TemporaryDirectory(prefix="sam2vss_window_") as tmp:
+            for t, frame in enumerate(window.frames):
+                dst = Path(tmp) / f"{t:05d}.jpg"
+                if window.paths is not None and window.paths[t].suffix.lower() in (".jpg", ".jpeg"):
+                    dst.symlink_to(window.paths[t].resolve())
+                else:
+                    Image.fromarray(frame).save(dst, quality=95)
+            with torch.inference_mode(), sam2_model.autocast(self.device):
+                state = self.predictor.init_state(video_path=tmp)
+                for k, mask in enumerate(masks):
+                    self.predictor.add_new_mask(state, frame_idx=0, obj_id=k, mask=mask)
+                for _, obj_ids, logits in self.predictor.propagate_in_video(state):
+                    order = np.argsort(np.asarray(obj_ids))
+                    logits = logits[torch.as_tensor(order)].float()
+                    if logits.shape[-2:] != out_hw:
+                        logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
+                    yield logits[:, 0].cpu()
+                self.predictor.reset_state(state)
+
+    # ------------------------------------------------------------------ refine
+    def refine_window(self, window: Window) -> list[np.ndarray]:
+        cfg, c = self.cfg, self.cfg.num_classes
+        labels = [torch.from_numpy(s) for s in window.labels]
+        if cfg.masks == "superpixel":
+            out = []
+            for frame, s in zip(window.frames, labels, strict=True):
+                seg = torch.from_numpy(superpixels(_resize_image(frame, tuple(s.shape)), cfg))
+                n = int(seg.max()) + 1
+                out.append(paint(seg, decide(id_histogram(seg, s, n, c)), s).numpy())
+            return out
+
+        masks0, areas = self._keyframe_masks(window)
+        if not masks0:
+            return [s.numpy() for s in labels]
+        order = paint_order(areas, cfg.paint_order)
+        ids, hists = [], torch.zeros((len(masks0), c), dtype=torch.int64)
+        out: list[np.ndarray] = []
+        for logits, s in zip(self._propagate(window, masks0), labels, strict=True):
+            masks = logits > 0
+            ids.append(aggregate_logits(logits) if cfg.paint_order == "logit" else aggregate(masks, order))
+            hist = vote_histogram(masks, s, c)
+            if cfg.vote_scope == "frame":
+                out.append(paint(ids[-1], decide(hist), s).numpy())
+            else:
+                hists += hist
+        if cfg.vote_scope == "masklet":
+            classes = decide(hists)
+            out = [paint(i, classes, s).numpy() for i, s in zip(ids, labels, strict=True)]
+        return out

@@ -1,0 +1,69 @@
+"""Aggregate, vote, paint: the refiner's label arithmetic (METRICS.md 8.5), in plain torch.
+
+These are the reference twins of the aggregate and vote kernels and run on any device.
+- aggregate: masklets of one frame -> one masklet id per pixel (-1 where none), painted in a
+  paint order (later wins: area-descending order lets smaller masklets win, as SSA does), or by
+  the highest positive logit (SAM2's non-overlap rule).
+- vote: per masklet, the histogram of the *unmodified* base labels S over the masklet's own
+  pixels (its full mask, not only where it won the paint); c_k = argmax, ties to the lowest
+  class id (torch.argmax returns the first maximum).
+- paint: R = c[id] where a masklet won, S elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def paint_order(areas: torch.Tensor, order: str) -> torch.Tensor:
+    """Masklet indices in painting order (painted later wins). `areas`: (N,) keyframe areas."""
+    n = areas.numel()
+    if order == "amg":
+        return torch.arange(n, device=areas.device)
+    # Area descending, ties kept in AMG order (stable), so the smallest masklet is painted last.
+    return torch.sort(areas, descending=True, stable=True).indices
+
+
+def aggregate(masks: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool masks and a paint order (N,) -> (H, W) int32 ids, -1 where no masklet."""
+    h, w = masks.shape[1:]
+    ids = torch.full((h, w), -1, dtype=torch.int32, device=masks.device)
+    for k in order.tolist():
+        ids[masks[k]] = k
+    return ids
+
+
+def aggregate_logits(logits: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) logits -> (H, W) int32 id of the highest logit where it is > 0, else -1."""
+    if logits.shape[0] == 0:
+        return torch.full(logits.shape[1:], -1, dtype=torch.int32, device=logits.device)
+    best, ids = logits.max(dim=0)
+    return torch.where(best > 0, ids.int(), -1)
+
+
+def vote_histogram(masks: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, H, W) bool masks and (H, W) base labels -> (N, C) int64 pixel counts per class."""
+    n = masks.shape[0]
+    k, y, x = masks.nonzero(as_tuple=True)
+    flat = k * num_classes + labels[y, x].long()
+    return torch.bincount(flat, minlength=n * num_classes).view(n, num_classes)
+
+
+def id_histogram(ids: torch.Tensor, labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
+    """Histogram over a partition (non-overlapping ids, e.g. superpixels): (n, C) int64."""
+    keep = ids >= 0
+    flat = ids[keep].long() * num_classes + labels[keep].long()
+    return torch.bincount(flat, minlength=n * num_classes).view(n, num_classes)
+
+
+def decide(hist: torch.Tensor) -> torch.Tensor:
+    """(N, C) counts -> (N,) majority class, ties to the lowest class id."""
+    return hist.argmax(dim=1).to(torch.uint8) if hist.numel() else torch.zeros(0, dtype=torch.uint8)
+
+
+def paint(ids: torch.Tensor, classes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """R = classes[id] where id >= 0, else the base label (Eq. 1); (H, W) uint8."""
+    if classes.numel() == 0:
+        return labels.clone()
+    won = ids >= 0
+    return torch.where(won, classes.to(labels.device)[ids.clamp(min=0).long()], labels)
