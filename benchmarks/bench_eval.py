@@ -76,16 +76,22 @@ def main() -> int:
     def timed(fn) -> float:
         return statistics.median(fn() for _ in range(a.repeats))
 
-    def run_eval() -> float:
+    def run_eval(kernels: str) -> float:
         t0 = time.perf_counter()
-        evaluate(dataset, pred, "val", cfg, device="cpu", workers=a.workers, progress=False)
+        evaluate(dataset, pred, "val", cfg, device="cpu", workers=a.workers, progress=False, kernels=kernels)
         return time.perf_counter() - t0
 
+    torch_metrics = evaluate(dataset, pred, "val", cfg, device="cpu", progress=False, kernels="torch").metrics
+    if any(abs(torch_metrics[k] - ref[k]) > 1e-9 for k in KEYS):
+        print("the torch-twin eval disagrees with the reference: not timing", file=sys.stderr)
+        return 1
     floor_s = timed(lambda: decode_floor(dataset, pred, a.workers))
-    eval_s = timed(run_eval)
+    eval_s = timed(lambda: run_eval("host"))
+    torch_s = timed(lambda: run_eval("torch"))
     rows = [
         ("PNG decode only (floor)", floor_s),
-        ("sam2vss eval", eval_s),
+        ("sam2vss eval (host kernels)", eval_s),
+        ("sam2vss eval (torch twins)", torch_s),
         ("numpy per-frame reference", ref_s),
     ]
     print(f"\n{n} frames at 480x853, {a.videos} videos, {a.workers} workers, {environment()}")

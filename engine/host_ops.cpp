@@ -87,19 +87,30 @@ inline void band_row(const u8* rmin, const u8* rmax, i32 H, i32 W, i32 y, i32 r_
   }
 }
 
-// Confusion counts of one row, scanning runs of one (g, p) pair: label maps are long runs, and
-// one add per run beats a histogram read-modify-write per pixel (0.25 vs 0.33 ms per 480x853
-// frame on one core).
+// Confusion counts of one row, one add per run of one (g, p) pair: label maps are long runs.
+// Run ends are found 8 pixels at a time (a zero XOR of shifted 8-byte loads means no run ends
+// there): 0.33 ms per 480x853 frame for a per-pixel histogram, 0.25 ms for a bytewise run
+// scan, less again with the 8-byte skip.
 void add_pair_runs(const u8* g, const u8* p, i32 W, i32 C, i64* hist) {
-  i32 x = 0;
-  while (x < W) {
-    const u8 a = g[x], b = p[x];
-    i32 end = x + 1;
-    while (end < W && g[end] == a && p[end] == b) ++end;
-    const i32 bin = svs::confusion_bin(a, b, C);
-    if (bin >= 0) hist[bin] += end - x;
-    x = end;
+  i32 start = 0, x = 0;
+  auto close_run = [&](i32 end) {  // the run [start, end) ends at end
+    const i32 bin = svs::confusion_bin(g[start], p[start], C);
+    if (bin >= 0) hist[bin] += end - start;
+    start = end;
+  };
+  for (; x + 9 <= W; x += 8) {
+    uint64_t g0, g1, p0, p1;
+    std::memcpy(&g0, g + x, 8);
+    std::memcpy(&g1, g + x + 1, 8);
+    std::memcpy(&p0, p + x, 8);
+    std::memcpy(&p1, p + x + 1, 8);
+    if (((g0 ^ g1) | (p0 ^ p1)) == 0) continue;
+    for (i32 j = x; j < x + 8; ++j)
+      if (g[j] != g[j + 1] || p[j] != p[j + 1]) close_run(j + 1);
   }
+  for (; x + 1 < W; ++x)
+    if (g[x] != g[x + 1] || p[x] != p[x + 1]) close_run(x + 1);
+  if (W > 0) close_run(W);
 }
 
 // Band co-occurrence counts of one row. Only 5-20% of pixels lie in a band (7.5% on the

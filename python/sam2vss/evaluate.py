@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from sam2vss.config import MetricConfig
 from sam2vss.data import Dataset, check_prediction, match_frames, read_label_png
-from sam2vss.kernels import metric_ops
+from sam2vss.kernels import MetricOps, metric_ops
 from sam2vss.metrics import VideoMetrics, VideoStats, Workspace, summarize
 
 METRIC_COLUMNS = (
@@ -49,9 +49,8 @@ class EvalResult:
 class _FrameWork:
     """Per-thread work on one frame: decode, validate, and the order-free metric counts."""
 
-    def __init__(self, dataset: Dataset, cfg: MetricConfig, device: torch.device):
-        self.dataset, self.cfg, self.device = dataset, cfg, device
-        self.ops = metric_ops(device)
+    def __init__(self, dataset: Dataset, cfg: MetricConfig, device: torch.device, ops: MetricOps):
+        self.dataset, self.cfg, self.device, self.ops = dataset, cfg, device, ops
         self._local = threading.local()
 
     def __call__(self, frame: _Frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,7 +108,10 @@ def evaluate(
     device: torch.device | str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    kernels: str | None = None,
 ) -> EvalResult:
+    """Metrics of the predictions in `pred_dir` for `split`. `kernels` forces a backend of the
+    per-pixel ops (torch, host, cupy); by default it is chosen once per device (kernels.py)."""
     cfg = cfg or MetricConfig()
     device = torch.device(device) if device is not None else default_device()
     workers = workers or os.cpu_count() or 1
@@ -119,10 +121,11 @@ def evaluate(
     stats: list[VideoStats] = []
     acc: VideoMetrics | None = None
     bar = tqdm(total=len(flat), desc=f"eval {split}", unit="frame", disable=not progress)
-    work = _FrameWork(dataset, cfg, device)
+    ops = MetricOps(kernels) if kernels else metric_ops(device)
+    work = _FrameWork(dataset, cfg, device, ops)
     for frame, (conf, bconf, vc_gt, pred) in _in_order(work, flat, workers):
         if acc is None:
-            acc = VideoMetrics(cfg, len(plan[frame.video]), device)
+            acc = VideoMetrics(cfg, len(plan[frame.video]), device, ops=ops)
         acc.add_counts(conf, bconf)
         acc.update_vc(vc_gt, pred)
         if acc.frames_seen == acc.num_frames:
