@@ -175,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--overwrite", action="store_true", help="discard results of another configuration in --out"
     )
+    run = r.add_argument_group("scale-out")
+    run.add_argument(
+        "--runner",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one process; ray: Ray Data actors, one video per task (default %(default)s)",
+    )
+    run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Ray actors (default: one per GPU; one per CPU for superpixels or CPU-only clusters)",
+    )
+    run.add_argument(
+        "--retries", type=int, default=1, help="retries of a video that raises (default %(default)s)"
+    )
     d = RefineConfig()
     g = r.add_argument_group("refiner (defaults: the paper's settings)")
     g.add_argument(
@@ -325,7 +342,18 @@ def cmd_refine(a: argparse.Namespace) -> int:
         if a.labels is None:
             raise ValueError("--video needs --labels DIR (the video's base predictions)")
         jobs = [video_job(a.video, a.labels)]
-    report = refine_jobs(jobs, a.out, cfg, model_cfg, overwrite=a.overwrite, progress=not a.quiet)
+    report = refine_jobs(
+        jobs,
+        a.out,
+        cfg,
+        model_cfg,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+        runner=a.runner,
+        retries=a.retries,
+        workers=a.workers,
+        ray_address=a.ray_address,
+    )
     fps = report.frames / max(report.seconds, 1e-9)
     print(
         f"refined {len(report.done)} videos ({report.frames} frames, {fps:.2f} frames/s), skipped"

@@ -16,3 +16,4 @@ SAM2VSS_KERNEL_CACHE: str | None = os.environ.get("SAM2VSS_KERNEL_CACHE") or Non
 SAM2VSS_FAULT_EXIT_AFTER: int | None = (
     int(os.environ["SAM2VSS_FAULT_EXIT_AFTER"]) if os.environ.get("SAM2VSS_FAULT_EXIT_AFTER") else None
 )
+SAM2VSS_FAULT_ONCE: str | None = os.environ.get("SAM2VSS_FAULT_ONCE") or None

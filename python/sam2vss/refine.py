@@ -91,15 +91,31 @@ class Manifest:
             self.data = old
 
     def done(self, job: VideoJob, out: Path) -> bool:
+        """Finished: recorded done, and every output file there with the recorded checksum."""
         entry = self.data["videos"].get(job.name, {})
         if entry.get("status") != "done":
             return False
-        want = [Path(n).stem + ".png" for n in job.label_names]
-        return all((out / job.name / n).is_file() for n in want)
+        try:
+            return output_digest(job, out) == entry.get("sha256")
+        except FileNotFoundError:
+            return False
 
-    def record(self, name: str, **entry) -> None:
+    def record(self, name: str, entry: dict) -> None:
         self.data["videos"][name] = entry
         write_json(self.path, self.data)
+
+
+def output_names(job: VideoJob) -> list[str]:
+    return [Path(n).stem + ".png" for n in job.label_names]
+
+
+def output_digest(job: VideoJob, out: Path) -> str:
+    """sha256 over a video's output files in frame order (raises FileNotFoundError if one is missing)."""
+    h = hashlib.sha256()
+    for name in output_names(job):
+        h.update(name.encode())
+        h.update(hashlib.sha256((Path(out) / job.name / name).read_bytes()).digest())
+    return h.hexdigest()
 
 
 def _windows(job: VideoJob, window: int) -> Iterator[tuple[int, Window]]:
@@ -135,11 +151,44 @@ _frames_written = 0
 
 
 def _fault_hook() -> None:
-    """SAM2VSS_FAULT_EXIT_AFTER=N: exit abruptly after N frames in this process (tests only)."""
+    """SAM2VSS_FAULT_EXIT_AFTER=N: exit abruptly after N frames in this process (tests only);
+    with SAM2VSS_FAULT_ONCE=PATH only the first process to get there exits (it creates PATH)."""
     global _frames_written
     _frames_written += 1
-    if envs.SAM2VSS_FAULT_EXIT_AFTER is not None and _frames_written >= envs.SAM2VSS_FAULT_EXIT_AFTER:
-        os._exit(77)  # like a killed worker: no cleanup, no manifest update
+    if envs.SAM2VSS_FAULT_EXIT_AFTER is None or _frames_written < envs.SAM2VSS_FAULT_EXIT_AFTER:
+        return
+    if envs.SAM2VSS_FAULT_ONCE is not None:
+        try:
+            Path(envs.SAM2VSS_FAULT_ONCE).touch(exist_ok=False)
+        except FileExistsError:
+            return
+    os._exit(77)  # like a killed worker: no cleanup, no manifest update
+
+
+def process_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, retries: int, progress: bool) -> dict:
+    """Refine one video with up to `retries` retries; the manifest entry for it (never raises)."""
+    errors = []
+    for attempt in range(1 + retries):
+        bar = tqdm(total=len(job.label_names), desc=job.name, unit="frame", disable=not progress, leave=False)
+        t0 = time.perf_counter()
+        try:
+            n = refine_video(refiner, job, out, refiner.cfg.num_classes, bar)
+        except Exception as e:  # one bad video never takes down the batch
+            log.error("video %s failed (attempt %d of %d): %s", job.name, attempt + 1, 1 + retries, e)
+            errors.append((f"{type(e).__name__}: {e}", traceback.format_exc()))
+            continue
+        finally:
+            bar.close()
+        dt = time.perf_counter() - t0
+        return {
+            "status": "done",
+            "frames": n,
+            "seconds": round(dt, 3),
+            "fps": round(n / dt, 3),
+            "attempts": attempt + 1,
+            "sha256": output_digest(job, out),
+        }
+    return {"status": "failed", "error": errors[-1][0], "traceback": errors[-1][1], "attempts": len(errors)}
 
 
 @dataclass
@@ -150,6 +199,13 @@ class RefineReport:
     frames: int
     seconds: float
 
+    def add(self, name: str, entry: dict) -> None:
+        if entry["status"] == "done":
+            self.done.append(name)
+            self.frames += entry["frames"]
+        else:
+            self.failed[name] = entry["error"]
+
 
 def refine_jobs(
     jobs: list[VideoJob],
@@ -158,37 +214,33 @@ def refine_jobs(
     model_cfg: ModelConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    runner: str = "local",
+    retries: int = 1,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> RefineReport:
+    """Refine every job not already done in OUT (manifest), with the `local` or `ray` runner."""
     out = Path(out)
-    cfg_hash = refine_config_hash(cfg, model_cfg)
-    manifest = Manifest(
-        out, cfg_hash, {"refine": asdict(cfg), "model": asdict(model_cfg) if model_cfg else None}, overwrite
-    )
+    config = {"refine": asdict(cfg), "model": asdict(model_cfg) if model_cfg else None}
+    manifest = Manifest(out, refine_config_hash(cfg, model_cfg), config, overwrite)
     todo = [j for j in jobs if not manifest.done(j, out)]
     report = RefineReport([], [j.name for j in jobs if j not in todo], {}, 0, 0.0)
     if not todo:
         return report
-    refiner = ReferenceRefiner(cfg, model_cfg)
     t_all = time.perf_counter()
-    for job in todo:
-        bar = tqdm(total=len(job.label_names), desc=job.name, unit="frame", disable=not progress, leave=False)
-        t0 = time.perf_counter()
-        try:
-            n = refine_video(refiner, job, out, cfg.num_classes, bar)
-        except Exception as e:  # one bad video never takes down the batch
-            log.error("video %s failed: %s", job.name, e)
-            manifest.record(
-                job.name, status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()
-            )
-            report.failed[job.name] = f"{type(e).__name__}: {e}"
-            continue
-        finally:
-            bar.close()
-        dt = time.perf_counter() - t0
-        manifest.record(job.name, status="done", frames=n, seconds=round(dt, 3), fps=round(n / dt, 3))
-        report.done.append(job.name)
-        report.frames += n
-        if progress:
-            tqdm.write(f"{job.name}: {n} frames, {n / dt:.2f} frames/s")
+    if runner == "ray":
+        from sam2vss.scale import run_ray
+
+        results = run_ray(todo, out, cfg, model_cfg, retries, workers, ray_address, progress)
+    elif runner == "local":
+        refiner = ReferenceRefiner(cfg, model_cfg)
+        results = ((job.name, process_video(refiner, job, out, retries, progress)) for job in todo)
+    else:
+        raise ValueError(f"unknown runner {runner!r}; expected local or ray")
+    for name, entry in results:  # the driver is the manifest's only writer
+        manifest.record(name, entry)
+        report.add(name, entry)
+        if progress and entry["status"] == "done":
+            tqdm.write(f"{name}: {entry['frames']} frames, {entry['fps']:.2f} frames/s")
     report.seconds = time.perf_counter() - t_all
     return report
