@@ -19,7 +19,7 @@ from functools import cache
 
 import torch
 
-from sam2vss import envs
+from sam2vss import cuda_kernels, envs
 from sam2vss.config import MetricConfig
 from sam2vss.metrics import VCState, Workspace, frame_counts, label_band, vc_step
 
@@ -66,10 +66,10 @@ class MetricOps:
                 "kernel backend 'host' requested but sam2vss._host is not built; reinstall with"
                 " `pip install -e .` (CMake builds it) or set SAM2VSS_KERNELS=torch"
             )
-        if backend == "cupy":
+        if backend == "cupy" and not cuda_kernels.available():
             raise RuntimeError(
-                "kernel backend 'cupy' is not wired into the metrics yet (the CUDA sources in kernels/"
-                " compile; the CuPy loader arrives with the kernels issue); use SAM2VSS_KERNELS=torch"
+                "kernel backend 'cupy' requested but CuPy cannot use a CUDA device here; install"
+                " cupy-cuda13x on a GPU machine or set SAM2VSS_KERNELS=torch"
             )
         self.backend = backend
         self.threads = 1
@@ -80,6 +80,11 @@ class MetricOps:
         """(C*C,) IoU confusion and ((C+1)^2,) band co-occurrence int64 counts of one frame."""
         if self.backend == "torch":
             return frame_counts(gt, pred, cfg, ws)
+        if self.backend == "cupy":
+            gt, pred = _labels(gt, pred, device_type="cuda")
+            return cuda_kernels.frame_counts(
+                gt, pred, cfg.num_classes, cfg.boundary_kernel, cfg.pad_border, cfg.void_mode == "drop"
+            )
         gt, pred = _labels(gt, pred, device_type="cpu")
         c = cfg.num_classes
         conf = torch.zeros(c * c, dtype=torch.int64)
@@ -104,6 +109,9 @@ class MetricOps:
         """(H, W) bool boundary band of a label map (METRICS.md 8.3)."""
         if self.backend == "torch":
             return label_band(lab, k, pad_border).clone()
+        if self.backend == "cupy":
+            (lab,) = _labels(lab, device_type="cuda")
+            return cuda_kernels.band(lab, k, pad_border)
         (lab,) = _labels(lab, device_type="cpu")
         out = torch.empty(lab.shape, dtype=torch.uint8)
         _host_module().band(
@@ -124,9 +132,14 @@ class MetricOps:
         """Advance the VC run lengths one frame; counts as in metrics.vc_step."""
         if self.backend == "torch":
             return vc_step(g, p, state, first, cap, ns, ws)
-        g, p = _labels(g, p, device_type="cpu")
         if not 1 <= cap <= 255:
             raise ValueError(f"vc_step: cap must be in 1..255, got {cap}")
+        if self.backend == "cupy":
+            g, p = _labels(g, p, device_type="cuda")
+            return cuda_kernels.vc_step(
+                g, p, state.prev_gt, state.prev_pred, state.run_gt, state.run_pred, first, cap, ns
+            )
+        g, p = _labels(g, p, device_type="cpu")
         ns_t = torch.tensor(ns, dtype=torch.int64)
         counts = torch.zeros(2 * len(ns), dtype=torch.int64)
         _host_module().vc_step(
@@ -156,7 +169,7 @@ def select_backend(device: torch.device | str) -> str:
         return forced
     if device.type == "cpu":
         return "host" if _host_module() is not None else "torch"
-    return "torch"  # CUDA: the CuPy path is not wired yet (see MetricOps)
+    return "cupy" if cuda_kernels.available() else "torch"
 
 
 @cache
