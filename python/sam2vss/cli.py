@@ -68,6 +68,35 @@ def _add_metric_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_segmentor_flags(p: argparse.ArgumentParser) -> None:
+    from sam2vss.segmentor import SegmentorConfig
+
+    d = SegmentorConfig()
+    g = p.add_argument_group("I-SAM2 classifier")
+    g.add_argument(
+        "--features",
+        default=d.features,
+        help="encoder: builtin, sam2, or MODULE:CALLABLE returning a (B,3,H,W)->(B,C,h,w) module"
+        " (default %(default)s)",
+    )
+    g.add_argument(
+        "--masklets",
+        choices=("superpixel", "instances", "sam2"),
+        default=d.masklets,
+        help="masklet source (default %(default)s)",
+    )
+    for name in ("depth", "width", "epochs", "batch_size", "frame_stride", "seed", "window"):
+        g.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=getattr(d, name), help="default %(default)s"
+        )
+    for name in ("dropout", "lr", "weight_decay", "purity"):
+        g.add_argument(
+            f"--{name.replace('_', '-')}", type=float, default=getattr(d, name), help="default %(default)s"
+        )
+    g.add_argument("--class-balance", action="store_true", help="weight the loss by 1/sqrt(class frequency)")
+    g.add_argument("--num-classes", type=int, default=d.num_classes, help="default %(default)s")
+
+
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     d = ModelConfig()
     g = p.add_argument_group("SAM2 model")
@@ -234,6 +263,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=d.num_classes, help="default %(default)s")
     _add_model_flags(r)
 
+    t = sub.add_parser(
+        "train-classifier",
+        parents=[common],
+        help="I-SAM2: train the masklet classifier (pooled encoder features + MLP)",
+        description="Masklets of the training split labelled with their majority ground-truth class (pure,"
+        " non-void ones only) train an MLP on masked-average-pooled encoder features (Eq. 3).",
+    )
+    t.add_argument("--data", type=Path, required=True, help="dataset root (VSPW layout)")
+    t.add_argument("--split", default="train", help="training split (default %(default)s)")
+    t.add_argument("--out", type=Path, required=True, help="classifier checkpoint to write (.pt)")
+    _add_segmentor_flags(t)
+    _add_model_flags(t)
+
+    sg = sub.add_parser(
+        "segment",
+        parents=[common],
+        help="I-SAM2: segment a split with a trained masklet classifier",
+        description="Classify every masklet; uncovered pixels take --base labels (I-SAM2 base) or the class"
+        " of the nearest masklet. Writes OUT/<video>/<frame>.png.",
+    )
+    sg.add_argument("--data", type=Path, required=True, help="dataset root (VSPW layout)")
+    sg.add_argument("--split", default="val", help="split (default %(default)s)")
+    sg.add_argument("--classifier", type=Path, required=True, help="a train-classifier checkpoint")
+    sg.add_argument("--out", type=Path, required=True, help="output prediction folder")
+    sg.add_argument("--base", type=Path, default=None, help="base predictions that fill uncovered pixels")
+
     m = sub.add_parser(
         "demo",
         parents=[common],
@@ -364,6 +419,54 @@ def cmd_refine(a: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _model_cfg_if_needed(a: argparse.Namespace, needed: bool) -> ModelConfig | None:
+    if not needed:
+        return None
+    if a.checkpoint is None:
+        raise ValueError(
+            "SAM2 features or masklets need --checkpoint PATH, or --checkpoint none for random weights"
+        )
+    return ModelConfig(name=a.model, checkpoint=a.checkpoint, image_size=a.image_size, device=a.device)
+
+
+def cmd_train_classifier(a: argparse.Namespace) -> int:
+    from sam2vss.segmentor import SegmentorConfig, train
+
+    names = (
+        "features",
+        "masklets",
+        "depth",
+        "width",
+        "epochs",
+        "batch_size",
+        "frame_stride",
+        "seed",
+        "window",
+        "dropout",
+        "lr",
+        "weight_decay",
+        "purity",
+        "class_balance",
+        "num_classes",
+    )
+    cfg = SegmentorConfig(**{n: getattr(a, n) for n in names}, image_size=a.image_size)
+    model_cfg = _model_cfg_if_needed(a, "sam2" in (cfg.features, cfg.masklets))
+    ckpt = train(open_dataset(a.data), a.split, cfg, a.out, model_cfg, progress=not a.quiet)
+    print(
+        f"trained on {ckpt['samples']} masklets: loss {ckpt['losses'][0]:.4f} -> {ckpt['losses'][-1]:.4f};"
+        f" wrote {a.out}"
+    )
+    return 0
+
+
+def cmd_segment(a: argparse.Namespace) -> int:
+    from sam2vss.segmentor import segment
+
+    n = segment(open_dataset(a.data), a.split, a.classifier, a.out, a.base, progress=not a.quiet)
+    print(f"segmented {n} frames -> {a.out}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from sam2vss.demo import run_demo
 
@@ -375,7 +478,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    handlers = {"synth": cmd_synth, "eval": cmd_eval, "refine": cmd_refine, "demo": cmd_demo}
+    handlers = {
+        "synth": cmd_synth,
+        "eval": cmd_eval,
+        "refine": cmd_refine,
+        "train-classifier": cmd_train_classifier,
+        "segment": cmd_segment,
+        "demo": cmd_demo,
+    }
     try:
         return handlers[args.command](args)
     except (DataError, ValueError) as e:
