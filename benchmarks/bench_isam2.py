@@ -70,9 +70,8 @@ def main() -> int:
             segment(ds, "val", work / f"{masklets}.pt", out, base=base, progress=False)
             name = f"I-builtin, {masklets} masklets" + (", base fill" if base else ", nearest fill")
             rows.append((name, evaluate(ds, out, cfg=metric_cfg, progress=False).metrics))
-        print(
-            f"{masklets}: {ckpt['samples']} training masklets, loss {ckpt['losses'][0]:.3f} -> {ckpt['losses'][-1]:.3f}"
-        )
+        losses = ckpt["losses"]
+        print(f"{masklets}: {ckpt['samples']} training masklets, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     env = f"{platform.machine()}-{os.cpu_count()}cpu"
     print(f"\n{a.train_videos} train / {a.videos} val videos x {a.frames} frames at 240x428, {env}")
     print(format_table(rows))
