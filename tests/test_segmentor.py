@@ -204,3 +204,30 @@ def test_bad_encoder_spec_and_missing_classifier(seg_set, tmp_path, capsys):
         == 2
     )
     assert "not found" in capsys.readouterr().err
+
+
+def test_sam2_masklets_share_the_trackers_features(tmp_path, monkeypatch):
+    """SAM2 masklets + SAM2 features: the features come from the predictor's own encoder pass."""
+    from sam2vss import segmentor
+    from sam2vss.model import ModelConfig
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("a second encoder was built")
+
+    monkeypatch.setattr(segmentor, "build_encoder", no_second_pass)
+    tiny = SynthConfig(videos=1, frames=3, height=48, width=64, train_videos=1, seed=4)
+    ds = open_dataset(synthesize(tmp_path / "ds", tiny, progress=False))
+    cfg = SegmentorConfig(
+        features="sam2",
+        masklets="sam2",
+        epochs=2,
+        window=3,
+        grid=4,
+        purity=0.0,
+        pred_iou_thresh=0.0,
+        stability_thresh=0.0,
+        image_size=256,
+    )
+    ckpt = train(ds, "train", cfg, tmp_path / "c.pt", ModelConfig(image_size=256), progress=False)
+    assert ckpt["dim"] == 256 and ckpt["samples"] > 0
+    assert segment(ds, "val", tmp_path / "c.pt", tmp_path / "o", progress=False) == 3

@@ -97,8 +97,14 @@ class ReferenceRefiner:
         areas = torch.tensor([int(m.sum()) for m in masks], dtype=torch.int64)
         return masks, areas
 
-    def _propagate(self, window: Window, masks: list[np.ndarray]) -> Iterator[torch.Tensor]:
-        """(N, h, w) float logits per frame at the label resolution, via the official predictor."""
+    def _propagate(
+        self, window: Window, masks: list[np.ndarray], with_features: bool = False
+    ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """(N, h, w) float logits per frame at the label resolution, via the official predictor.
+
+        With `with_features`, also the frame's stride-16 encoder features as the predictor
+        computed them for tracking ((C, h16, w16), plus no_mem_embed like the image predictor's
+        image_embed): I-SAM2 reuses them instead of a second encoder pass."""
         out_hw = window.labels[0].shape
         with tempfile.TemporaryDirectory(prefix="sam2vss_window_") as tmp:
             for t, frame in enumerate(window.frames):
@@ -111,12 +117,19 @@ class ReferenceRefiner:
                 state = self.predictor.init_state(video_path=tmp)
                 for k, mask in enumerate(masks):
                     self.predictor.add_new_mask(state, frame_idx=0, obj_id=k, mask=mask)
-                for _, obj_ids, logits in self.predictor.propagate_in_video(state):
+                for t, obj_ids, logits in self.predictor.propagate_in_video(state):
                     order = np.argsort(np.asarray(obj_ids))
                     logits = logits[torch.as_tensor(order)].float()
                     if logits.shape[-2:] != out_hw:
                         logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
-                    yield logits[:, 0].cpu()
+                    if not with_features:
+                        yield logits[:, 0].cpu()
+                        continue
+                    if t not in state["cached_features"]:  # a prompted frame whose features were evicted
+                        self.predictor._get_image_feature(state, t, 1)
+                    top = state["cached_features"][t][1]["backbone_fpn"][-1][0]
+                    feats = top + self.predictor.no_mem_embed.reshape(-1, 1, 1)
+                    yield logits[:, 0].cpu(), feats.float().cpu()
                 self.predictor.reset_state(state)
 
     # ------------------------------------------------------------------ refine

@@ -57,6 +57,9 @@ class SegmentorConfig:
     frame_stride: int = 1  # use every n-th frame for training
     seed: int = 0
     window: int = 8  # masklet windows (masklets=sam2)
+    grid: int = 16  # AMG points per side (masklets=sam2)
+    pred_iou_thresh: float = 0.6  # AMG thresholds of the masklets (masklets=sam2), as the refiner's
+    stability_thresh: float = 0.8
     image_size: int = 1024  # SAM2 encoder input (features=sam2)
 
 
@@ -143,43 +146,44 @@ class MLP(nn.Module):
 # ---------------------------------------------------------------------------- masklets per frame
 def _masklet_frames(
     cfg: SegmentorConfig, refiner: ReferenceRefiner | None, dataset: Dataset, video: str
-) -> Iterator[tuple[str, np.ndarray, torch.Tensor]]:
-    """(frame name, RGB frame, (N, H, W) bool masklets) for every frame of a video."""
+) -> Iterator[tuple[str, np.ndarray, torch.Tensor, torch.Tensor | None]]:
+    """(frame name, RGB frame, (N, H, W) bool masklets, shared SAM2 features or None) per frame.
+
+    With SAM2 masklets and SAM2 features, the features are the ones the predictor computed while
+    tracking (no second encoder pass)."""
     source = FrameFolder(dataset.image_dir(video))
     names = source.names
-    inst_dir = dataset.instance_dir(video)
-    inst_names = list_frames(inst_dir) if cfg.masklets == "instances" else []
     frames = source.frames()
     if cfg.masklets == "sam2":
+        share = cfg.features == "sam2"
         for start in range(0, len(names), cfg.window):
             imgs = [next(frames) for _ in names[start : start + cfg.window]]
-            dummy = [np.zeros(imgs[0].shape[:2], np.uint8)] * len(imgs)
-            window = Window(imgs, dummy, source.paths[start : start + cfg.window], None)
+            blank = [np.zeros(imgs[0].shape[:2], np.uint8)] * len(imgs)
+            window = Window(imgs, blank, source.paths[start : start + cfg.window], None)
             masks0, _ = refiner._keyframe_masks(window)
-            logits = (
-                refiner._propagate(window, masks0)
-                if masks0
-                else iter([torch.zeros((0, *dummy[0].shape))] * len(imgs))
-            )
-            for name, img, lg in zip(names[start : start + cfg.window], imgs, logits, strict=True):
-                yield name, img, lg > 0
+            if not masks0:
+                for name, img in zip(names[start : start + cfg.window], imgs, strict=True):
+                    yield name, img, torch.zeros((0, *img.shape[:2]), dtype=torch.bool), None
+                continue
+            outputs = refiner._propagate(window, masks0, with_features=share)
+            for name, img, o in zip(names[start : start + cfg.window], imgs, outputs, strict=True):
+                logits, feats = o if share else (o, None)
+                yield name, img, logits > 0, feats
         return
+    inst_dir = dataset.instance_dir(video)
+    inst_names = list_frames(inst_dir) if cfg.masklets == "instances" else []
     for t, (name, img) in enumerate(zip(names, frames, strict=True)):
         if cfg.masklets == "instances":
             ids = torch.from_numpy(read_label_png(inst_dir / inst_names[t]).astype(np.int64))
-            masks = (
-                torch.stack([ids == k for k in ids.unique() if k != 0])
-                if ids.max() > 0
-                else torch.zeros((0, *ids.shape), dtype=torch.bool)
-            )
+            present = [k for k in ids.unique().tolist() if k != 0]
+            masks = ids[None] == torch.tensor(present, dtype=torch.int64)[:, None, None]
         else:
             from sam2vss.reference import superpixels
 
-            seg = torch.from_numpy(
-                superpixels(img, RefineConfig(masks="superpixel", vote_scope="frame")).astype(np.int64)
-            )
+            seg_cfg = RefineConfig(masks="superpixel", vote_scope="frame")
+            seg = torch.from_numpy(superpixels(img, seg_cfg).astype(np.int64))
             masks = seg[None] == torch.arange(int(seg.max()) + 1)[:, None, None]
-        yield name, img, masks
+        yield name, img, masks, None
 
 
 def _refiner(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> ReferenceRefiner | None:
@@ -187,7 +191,18 @@ def _refiner(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> ReferenceRe
         return None
     if model_cfg is None:
         raise ValueError("masklets=sam2 needs a SAM2 model (--checkpoint PATH, or none for random weights)")
-    return ReferenceRefiner(RefineConfig(masks="sam2", window=cfg.window), model_cfg)
+    refine_cfg = RefineConfig(
+        masks="sam2",
+        window=cfg.window,
+        pred_iou_thresh=cfg.pred_iou_thresh,
+        stability_thresh=cfg.stability_thresh,
+    )
+    return ReferenceRefiner(refine_cfg, model_cfg)
+
+
+def _encoder(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> nn.Module | None:
+    """None when SAM2 masklets already supply SAM2 features (no second encoder pass)."""
+    return None if cfg.features == "sam2" and cfg.masklets == "sam2" else build_encoder(cfg, model_cfg)
 
 
 @torch.inference_mode()
@@ -204,7 +219,7 @@ def collect(
     xs, ys = [], []
     for video in tqdm(dataset.videos(split), desc="masklet features", unit="video", disable=not progress):
         gt_names = dataset.gt_frames(video)
-        for t, (_, img, masks) in enumerate(_masklet_frames(cfg, refiner, dataset, video)):
+        for t, (_, img, masks, shared) in enumerate(_masklet_frames(cfg, refiner, dataset, video)):
             if t % cfg.frame_stride or masks.shape[0] == 0:
                 continue
             gt, _ = dataset.read_gt(dataset.gt_dir(video) / gt_names[t])
@@ -214,7 +229,8 @@ def collect(
             best = hist[:, : cfg.num_classes].max(1)
             keep = (total > 0) & (best.values >= cfg.purity * total)  # mostly void fails this too
             if keep.any():
-                xs.append(masked_average(_features(encoder, img), masks[keep]))
+                feats = shared if shared is not None else _features(encoder, img)
+                xs.append(masked_average(feats, masks[keep]))
                 ys.append(best.indices[keep])
     if not xs:
         raise ValueError(f"no training masklets in split {split!r} (purity >= {cfg.purity}); lower --purity?")
@@ -231,7 +247,7 @@ def train(
 ) -> dict:
     """Train the masklet classifier and save OUT (.pt with its configuration); returns the log."""
     torch.manual_seed(cfg.seed)
-    encoder = build_encoder(cfg, model_cfg)
+    encoder = _encoder(cfg, model_cfg)
     x, y = collect(dataset, split, cfg, encoder, _refiner(cfg, model_cfg), progress)
     mlp = MLP(x.shape[1], cfg.num_classes, cfg.depth, cfg.width, cfg.dropout)
     weight = None
@@ -307,14 +323,15 @@ def segment(
     """Write OUT/<video>/<frame>.png for every frame of `split`; returns the frame count."""
     cfg, ckpt_model, mlp = load(classifier)
     model_cfg = model_cfg or ckpt_model
-    encoder = build_encoder(cfg, model_cfg)
+    encoder = _encoder(cfg, model_cfg)
     refiner = _refiner(cfg, model_cfg)
     frames = 0
     for video in tqdm(dataset.videos(split), desc="segment", unit="video", disable=not progress):
-        for name, img, masks in _masklet_frames(cfg, refiner, dataset, video):
+        for name, img, masks, shared in _masklet_frames(cfg, refiner, dataset, video):
             h, w = img.shape[:2]
             if masks.shape[0]:
-                classes = mlp(masked_average(_features(encoder, img), masks)).argmax(1).to(torch.uint8)
+                feats = shared if shared is not None else _features(encoder, img)
+                classes = mlp(masked_average(feats, masks)).argmax(1).to(torch.uint8)
                 ids = aggregate(masks, paint_order(masks.flatten(1).sum(1), "area"))
             else:
                 classes, ids = torch.zeros(0, dtype=torch.uint8), torch.full((h, w), -1, dtype=torch.int32)
