@@ -10,20 +10,17 @@ evaluates everything with `eval`'s metrics. Writes benchmarks/results/isam2_<env
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from sam2vss.config import MetricConfig, SynthConfig, config_hash
 from sam2vss.data import open_dataset
 from sam2vss.evaluate import evaluate, format_table
-from sam2vss.segmentor import SegmentorConfig, segment, train
-from sam2vss.sinks import write_json, write_label_png
+from sam2vss.segmentor import SegmentorConfig, segment, train, write_majority_baseline
+from sam2vss.sinks import write_json
 from sam2vss.synth import synthesize
 
 HERE = Path(__file__).resolve().parent
@@ -45,16 +42,7 @@ def main() -> int:
     ds, work = open_dataset(root), HERE / "data" / "isam2_out"
     metric_cfg = MetricConfig()
 
-    counts = collections.Counter()
-    for v in ds.videos("train"):
-        for f in ds.gt_frames(v):
-            g, _ = ds.read_gt(ds.gt_dir(v) / f)
-            counts.update(g[g < 124].ravel().tolist())
-    majority = counts.most_common(1)[0][0]
-    for v in ds.videos("val"):
-        for f in ds.gt_frames(v):
-            g, _ = ds.read_gt(ds.gt_dir(v) / f)
-            write_label_png(work / "majority" / v / f, np.full(g.shape, majority, np.uint8))
+    write_majority_baseline(ds, "train", "val", work / "majority")
     rows = [
         ("majority class", evaluate(ds, work / "majority", cfg=metric_cfg, progress=False).metrics),
         ("base model (simulated)", evaluate(ds, root / "pred_base", cfg=metric_cfg, progress=False).metrics),

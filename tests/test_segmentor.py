@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import collections
 import hashlib
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,8 +12,7 @@ from sam2vss.cli import main
 from sam2vss.config import MetricConfig, SynthConfig
 from sam2vss.data import open_dataset, read_label_png
 from sam2vss.evaluate import evaluate
-from sam2vss.segmentor import SegmentorConfig, load, masked_average, segment, train
-from sam2vss.sinks import write_label_png
+from sam2vss.segmentor import SegmentorConfig, load, masked_average, segment, train, write_majority_baseline
 from sam2vss.synth import synthesize
 
 
@@ -44,20 +40,6 @@ def seg_set(tmp_path_factory):
     return open_dataset(synthesize(tmp_path_factory.mktemp("seg") / "ds", cfg, progress=False))
 
 
-def _majority_baseline(ds, out: Path) -> Path:
-    counts = collections.Counter()
-    for v in ds.videos("train"):
-        for f in ds.gt_frames(v):
-            g, _ = ds.read_gt(ds.gt_dir(v) / f)
-            counts.update(g[g < 124].ravel().tolist())
-    cls = counts.most_common(1)[0][0]
-    for v in ds.videos("val"):
-        for f in ds.gt_frames(v):
-            g, _ = ds.read_gt(ds.gt_dir(v) / f)
-            write_label_png(out / v / f, np.full(g.shape, cls, np.uint8))
-    return out
-
-
 @pytest.fixture(scope="module")
 def trained(seg_set, tmp_path_factory):
     path = tmp_path_factory.mktemp("cls") / "cls.pt"
@@ -71,9 +53,8 @@ def test_training_loss_falls_and_beats_the_majority_baseline(seg_set, trained, t
     frames = segment(seg_set, "val", path, tmp_path / "out", progress=False)
     assert frames == 12
     ours = evaluate(seg_set, tmp_path / "out", cfg=MetricConfig(), progress=False).metrics
-    base = evaluate(
-        seg_set, _majority_baseline(seg_set, tmp_path / "maj"), cfg=MetricConfig(), progress=False
-    ).metrics
+    write_majority_baseline(seg_set, "train", "val", tmp_path / "maj")
+    base = evaluate(seg_set, tmp_path / "maj", cfg=MetricConfig(), progress=False).metrics
     print(
         f"I-builtin mIoU {ours['miou']:.4f} / present {ours['miou_present']:.4f}; majority {base['miou']:.4f}"
     )

@@ -292,9 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser(
         "demo",
         parents=[common],
-        help="the main job on its built-in default: synthesize, evaluate, report",
-        description="Generates a small synthetic set, evaluates its simulated base predictions and writes"
-        " DIR/report.md.",
+        help="the main job on its built-in default: synthesize, refine, evaluate, report",
+        description="Generates a small synthetic set, refines its simulated base predictions (superpixel"
+        " masklets, or SAM2 with --checkpoint), evaluates both and writes DIR/report.md.",
     )
     m.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default %(default)s)")
     m.add_argument("--videos", type=int, default=3, help="synthetic val videos (default %(default)s)")

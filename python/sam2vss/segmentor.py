@@ -347,3 +347,20 @@ def segment(
             write_label_png(Path(out) / video / f"{name}.png", labels.numpy().astype(np.uint8))
             frames += 1
     return frames
+
+
+def write_majority_baseline(dataset: Dataset, train_split: str, split: str, out: Path) -> int:
+    """The majority-class baseline: every pixel of `split` gets the most frequent GT class of
+    `train_split` (the floor a masklet classifier must clear). Returns that class."""
+    counts = torch.zeros(256, dtype=torch.int64)
+    for video in dataset.videos(train_split):
+        for name in dataset.gt_frames(video):
+            gt, _ = dataset.read_gt(dataset.gt_dir(video) / name)
+            counts += torch.bincount(torch.from_numpy(gt).view(-1).long(), minlength=256)
+    counts[IGNORE] = 0
+    majority = int(counts.argmax())
+    for video in dataset.videos(split):
+        for name in dataset.gt_frames(video):
+            gt, _ = dataset.read_gt(dataset.gt_dir(video) / name)
+            write_label_png(Path(out) / video / name, np.full(gt.shape, majority, np.uint8))
+    return majority
