@@ -17,9 +17,12 @@
 #include <omp.h>
 #endif
 
+#include "aggregate.cuh"
+#include "amg_stats.cuh"
 #include "boundary.cuh"
 #include "confusion.cuh"
 #include "consistency.cuh"
+#include "vote.cuh"
 
 using svs::i32;
 using svs::i64;
@@ -257,6 +260,28 @@ void vc_step_impl(const u8* g, const u8* p, u8* prev_g, u8* prev_p, u8* run_g, u
   }
 }
 
+// Aggregate one frame: per output pixel the winning masklet and its votes (aggregate.cuh), with
+// the column sampling grid computed once per call and one private histogram per thread.
+void aggregate_impl(const float* logits, i32 n, i32 h, i32 w, const i32* rank, const u8* labels, i32 H, i32 W,
+                    i32 C, bool by_logit, i32* ids, i64* hist, int threads) {
+  std::vector<svs::Lerp> lx(W);
+  for (i32 x = 0; x < W; ++x) lx[x] = svs::lerp_coord(x, w, W);
+  const int t = threads_or_one(threads);
+  std::vector<std::vector<i64>> mine(t, std::vector<i64>((size_t)n * C, 0));
+  parallel_chunks(H, threads, [&](i64 b, i64 e, int c) {
+    for (i64 y = b; y < e; ++y) {
+      const svs::Lerp ly = svs::lerp_coord((i32)y, h, H);
+      for (i32 x = 0; x < W; ++x) {
+        const i64 i = y * W + x;
+        ids[i] = svs::aggregate_pixel(logits, n, h, w, ly, lx[x], rank, by_logit, labels[i], C, nullptr,
+                                      mine[c].data());
+      }
+    }
+  });
+  for (int c = 0; c < t; ++c)
+    for (size_t i = 0; i < mine[c].size(); ++i) hist[i] += mine[c][i];
+}
+
 template <typename T>
 T* ptr(unsigned long long address) {
   return reinterpret_cast<T*>(static_cast<uintptr_t>(address));
@@ -322,6 +347,72 @@ PyObject* py_vc_step(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+PyObject* py_aggregate(PyObject*, PyObject* args) {
+  unsigned long long logits, rank, labels, ids, hist;
+  int n, h, w, H, W, C, by_logit, threads;
+  if (!PyArg_ParseTuple(args, "KiiiKKiiipKKi", &logits, &n, &h, &w, &rank, &labels, &H, &W, &C, &by_logit, &ids,
+                        &hist, &threads))
+    return nullptr;
+  Py_BEGIN_ALLOW_THREADS;
+  aggregate_impl(ptr<const float>(logits), n, h, w, ptr<const i32>(rank), ptr<const u8>(labels), H, W, C,
+                 by_logit != 0, ptr<i32>(ids), ptr<i64>(hist), threads);
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
+PyObject* py_decide(PyObject*, PyObject* args) {
+  unsigned long long hist, classes;
+  int n, C;
+  if (!PyArg_ParseTuple(args, "KiiK", &hist, &n, &C, &classes)) return nullptr;
+  const i64* hp = ptr<const i64>(hist);
+  u8* out = ptr<u8>(classes);
+  for (i32 k = 0; k < n; ++k) out[k] = svs::argmax_class(hp + (i64)k * C, C);
+  Py_RETURN_NONE;
+}
+
+PyObject* py_paint(PyObject*, PyObject* args) {
+  unsigned long long ids, classes, labels, out;
+  long long n;
+  int threads;
+  if (!PyArg_ParseTuple(args, "KKKLKi", &ids, &classes, &labels, &n, &out, &threads)) return nullptr;
+  const i32* ip = ptr<const i32>(ids);
+  const u8 *cp = ptr<const u8>(classes), *lp = ptr<const u8>(labels);
+  u8* op = ptr<u8>(out);
+  Py_BEGIN_ALLOW_THREADS;
+  parallel_chunks(n, threads, [&](i64 b, i64 e, int) {
+    for (i64 i = b; i < e; ++i) op[i] = svs::paint_pixel(ip[i], cp, lp[i]);
+  });
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
+PyObject* py_amg_stats(PyObject*, PyObject* args) {
+  unsigned long long logits, stability, area, boxes;
+  int b, h, w, H, W, threads;
+  float thr, offset;
+  if (!PyArg_ParseTuple(args, "KiiiffiiKKKi", &logits, &b, &h, &w, &thr, &offset, &H, &W, &stability, &area, &boxes,
+                        &threads))
+    return nullptr;
+  const float* lp = ptr<const float>(logits);
+  float* sp = ptr<float>(stability);
+  i64* ap = ptr<i64>(area);
+  i32* bp = ptr<i32>(boxes);
+  Py_BEGIN_ALLOW_THREADS;
+  parallel_chunks(b, threads, [&](i64 first, i64 last, int) {
+    for (i64 k = first; k < last; ++k) {
+      svs::AmgCounts c = {0, 0, 0, w, h, -1, -1};
+      const float* m = lp + k * h * w;
+      for (i32 y = 0; y < h; ++y)
+        for (i32 x = 0; x < w; ++x) svs::amg_accumulate(&c, m[(i64)y * w + x], y, x, thr, offset);
+      sp[k] = (float)c.inter / (float)c.uni;
+      ap[k] = c.area;
+      svs::amg_box(&c, h, w, H, W, bp + 4 * k);
+    }
+  });
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
 PyObject* py_openmp(PyObject*, PyObject*) {
 #ifdef _OPENMP
   Py_RETURN_TRUE;
@@ -339,6 +430,13 @@ PyMethodDef methods[] = {
     {"vc_step", py_vc_step, METH_VARARGS,
      "vc_step(g, p, prev_g, prev_p, run_g, run_p, n, first, cap, ns, num_ns, counts, threads): advance "
      "the VC run lengths one frame; counts[2k] += |both >= ns[k]|, counts[2k+1] += |gt >= ns[k]|"},
+    {"aggregate", py_aggregate, METH_VARARGS,
+     "aggregate(logits, n, h, w, rank, labels, H, W, C, by_logit, ids, hist, threads): per-pixel masklet ids "
+     "at H x W from (n, h, w) logits (bilinear fused) and += each masklet's votes"},
+    {"decide", py_decide, METH_VARARGS, "decide(hist, n, C, classes): majority class per masklet, ties lowest"},
+    {"paint", py_paint, METH_VARARGS, "paint(ids, classes, labels, n, out, threads): class[id] or the label"},
+    {"amg_stats", py_amg_stats, METH_VARARGS,
+     "amg_stats(logits, B, h, w, thr, offset, H, W, stability, area, boxes, threads): AMG filter statistics"},
     {"openmp", py_openmp, METH_NOARGS, "whether this build uses OpenMP"},
     {nullptr, nullptr, 0, nullptr},
 };

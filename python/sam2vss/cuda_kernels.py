@@ -54,7 +54,8 @@ def _module(op: str):
     for folder in _kernel_dirs():
         src = folder / f"{op}.cu"
         if src.is_file():
-            return cupy.RawModule(code=src.read_text(), options=("-std=c++17", f"-I{folder}"))
+            # --fmad=false: no contraction, so results round exactly like the torch twins
+            return cupy.RawModule(code=src.read_text(), options=("-std=c++17", "--fmad=false", f"-I{folder}"))
     raise RuntimeError(f"CUDA source {op}.cu not found in {', '.join(map(str, _kernel_dirs()))}")
 
 
@@ -165,3 +166,70 @@ def vc_step(g, p, prev_g, prev_p, run_g, run_p, first: bool, cap: int, ns: list[
         _ptr(counts),
     )
     return counts[: 2 * len(ns)]
+
+
+def aggregate(logits, rank, labels, c: int, by_logit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    n, h, w = logits.shape
+    big_h, big_w = labels.shape
+    ids = torch.empty((big_h, big_w), dtype=torch.int32, device=labels.device)
+    hist = torch.zeros((n, c), dtype=torch.int64, device=labels.device)
+    _launch(
+        "aggregate",
+        "svs_aggregate",
+        big_h * big_w,
+        _ptr(logits),
+        np.int32(n),
+        np.int32(h),
+        np.int32(w),
+        _ptr(rank),
+        _ptr(labels),
+        np.int32(big_h),
+        np.int32(big_w),
+        np.int32(c),
+        np.bool_(by_logit),
+        _ptr(ids),
+        _ptr(hist),
+    )
+    return ids, hist
+
+
+def decide(hist: torch.Tensor) -> torch.Tensor:
+    n, c = hist.shape
+    classes = torch.empty(n, dtype=torch.uint8, device=hist.device)
+    _launch("vote", "svs_decide", max(n, 1), _ptr(hist), np.int32(n), np.int32(c), _ptr(classes))
+    return classes
+
+
+def paint(ids, classes, labels) -> torch.Tensor:
+    out = torch.empty_like(labels)
+    n = labels.numel()
+    _launch("vote", "svs_paint", n, _ptr(ids), _ptr(classes), _ptr(labels), np.int64(n), _ptr(out))
+    return out
+
+
+def amg_stats(logits, thr: float, offset: float, out_hw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    import cupy
+
+    b, h, w = logits.shape
+    stability = torch.empty(b, dtype=torch.float32, device=logits.device)
+    area = torch.empty(b, dtype=torch.int64, device=logits.device)
+    boxes = torch.empty((b, 4), dtype=torch.int32, device=logits.device)
+    if b:
+        with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+            _module("amg_stats").get_function("svs_amg_stats")(
+                (b,),
+                (_THREADS,),
+                (
+                    _ptr(logits),
+                    np.int32(h),
+                    np.int32(w),
+                    np.float32(thr),
+                    np.float32(offset),
+                    np.int32(out_hw[0]),
+                    np.int32(out_hw[1]),
+                    _ptr(stability),
+                    _ptr(area),
+                    _ptr(boxes),
+                ),
+            )
+    return stability, area, boxes

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from sam2vss.config import MetricConfig
 from sam2vss.data import Dataset, check_prediction, match_frames, read_label_png
-from sam2vss.kernels import MetricOps, metric_ops
+from sam2vss.kernels import KernelOps, kernel_ops
 from sam2vss.metrics import VideoMetrics, VideoStats, Workspace, summarize
 
 METRIC_COLUMNS = (
@@ -49,7 +49,7 @@ class EvalResult:
 class _FrameWork:
     """Per-thread work on one frame: decode, validate, and the order-free metric counts."""
 
-    def __init__(self, dataset: Dataset, cfg: MetricConfig, device: torch.device, ops: MetricOps):
+    def __init__(self, dataset: Dataset, cfg: MetricConfig, device: torch.device, ops: KernelOps):
         self.dataset, self.cfg, self.device, self.ops = dataset, cfg, device, ops
         self._local = threading.local()
 
@@ -121,7 +121,7 @@ def evaluate(
     stats: list[VideoStats] = []
     acc: VideoMetrics | None = None
     bar = tqdm(total=len(flat), desc=f"eval {split}", unit="frame", disable=not progress)
-    ops = MetricOps(kernels) if kernels else metric_ops(device)
+    ops = KernelOps(kernels) if kernels else kernel_ops(device)
     work = _FrameWork(dataset, cfg, device, ops)
     for frame, (conf, bconf, vc_gt, pred) in _in_order(work, flat, workers):
         if acc is None:

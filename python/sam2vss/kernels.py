@@ -21,7 +21,9 @@ import torch
 
 from sam2vss import cuda_kernels, envs
 from sam2vss.config import MetricConfig
+from sam2vss.detect import amg_stats
 from sam2vss.metrics import VCState, Workspace, frame_counts, label_band, vc_step
+from sam2vss.vote import aggregate, aggregate_logits, decide, paint, upsample_logits, vote_histogram
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,8 @@ def _labels(*tensors: torch.Tensor, device_type: str) -> list[torch.Tensor]:
     return [t.contiguous() for t in tensors]
 
 
-class MetricOps:
-    """The metric ops of one backend; torch is the reference twin of the others."""
+class KernelOps:
+    """The per-pixel ops of one backend; torch is the reference twin of the others."""
 
     def __init__(self, backend: str):
         if backend not in BACKENDS:
@@ -159,6 +161,123 @@ class MetricOps:
         )
         return counts
 
+    # ------------------------------------------------------------------ refiner ops
+    def aggregate(
+        self, logits: torch.Tensor, rank: torch.Tensor, labels: torch.Tensor, num_classes: int, by_logit: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, h, w) float32 low-res logits -> ((H, W) int32 ids at the labels' resolution, -1 for
+        none; (N, C) int64 votes of the labels over each masklet's upsampled mask). `rank` (N,)
+        int32: paint position, the highest covering rank wins (ignored when by_logit)."""
+        if not logits.is_floating_point() or logits.dim() != 3:
+            raise ValueError(
+                f"aggregate: logits must be (N, h, w) floats, got {logits.dtype} {tuple(logits.shape)}"
+            )
+        logits = logits.float()  # bf16 / fp16 logits widen exactly
+        if rank.shape != (logits.shape[0],):
+            raise ValueError(f"aggregate: rank must be ({logits.shape[0]},), got {tuple(rank.shape)}")
+        n, (big_h, big_w) = logits.shape[0], labels.shape
+        if self.backend == "torch":
+            masks = (
+                upsample_logits(logits, (big_h, big_w)) > 0
+                if n
+                else torch.zeros((0, big_h, big_w), dtype=torch.bool)
+            )
+            if by_logit:
+                ids = aggregate_logits(upsample_logits(logits, (big_h, big_w)))
+            else:
+                ids = aggregate(masks, torch.argsort(rank, stable=True))
+            return ids, vote_histogram(masks, labels, num_classes)
+        logits, rank = logits.contiguous(), rank.to(torch.int32).contiguous()
+        if self.backend == "cupy":
+            (labels,) = _labels(labels, device_type="cuda")
+            return cuda_kernels.aggregate(logits, rank, labels, num_classes, by_logit)
+        (labels,) = _labels(labels, device_type="cpu")
+        ids = torch.empty((big_h, big_w), dtype=torch.int32)
+        hist = torch.zeros((n, num_classes), dtype=torch.int64)
+        _host_module().aggregate(
+            logits.data_ptr(),
+            n,
+            logits.shape[1],
+            logits.shape[2],
+            rank.data_ptr(),
+            labels.data_ptr(),
+            big_h,
+            big_w,
+            num_classes,
+            by_logit,
+            ids.data_ptr(),
+            hist.data_ptr(),
+            self.threads,
+        )
+        return ids, hist
+
+    def decide(self, hist: torch.Tensor) -> torch.Tensor:
+        """(N, C) int64 votes -> (N,) uint8 majority classes, ties to the lowest class."""
+        if self.backend == "torch":
+            return decide(hist)
+        hist = hist.to(torch.int64).contiguous()
+        if self.backend == "cupy":
+            return cuda_kernels.decide(hist)
+        classes = torch.empty(hist.shape[0], dtype=torch.uint8)
+        _host_module().decide(hist.data_ptr(), hist.shape[0], hist.shape[1], classes.data_ptr())
+        return classes
+
+    def paint(self, ids: torch.Tensor, classes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """R = classes[id] where a masklet won, else the base label; (H, W) uint8."""
+        if self.backend == "torch":
+            return paint(ids, classes, labels)
+        (labels,) = _labels(labels, device_type="cuda" if self.backend == "cupy" else "cpu")
+        if ids.shape != labels.shape or ids.dtype != torch.int32:
+            raise ValueError(
+                f"paint: ids must be int32 of shape {tuple(labels.shape)}, got {ids.dtype} {tuple(ids.shape)}"
+            )
+        ids, classes = ids.contiguous(), classes.to(torch.uint8).contiguous()
+        if self.backend == "cupy":
+            return cuda_kernels.paint(ids, classes, labels)
+        out = torch.empty_like(labels)
+        _host_module().paint(
+            ids.data_ptr(),
+            classes.data_ptr(),
+            labels.data_ptr(),
+            labels.numel(),
+            out.data_ptr(),
+            self.threads,
+        )
+        return out
+
+    def amg_stats(
+        self, logits: torch.Tensor, thr: float, offset: float, out_hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stability, area and output-resolution boxes of (B, h, w) candidate logits (detect.py)."""
+        if self.backend == "torch":
+            return amg_stats(logits, thr, offset, out_hw)
+        if logits.dtype != torch.float32 or logits.dim() != 3:
+            raise ValueError(
+                f"amg_stats: logits must be (B, h, w) float32, got {logits.dtype} {tuple(logits.shape)}"
+            )
+        logits = logits.contiguous()
+        if self.backend == "cupy":
+            return cuda_kernels.amg_stats(logits, thr, offset, out_hw)
+        b, h, w = logits.shape
+        stability = torch.empty(b, dtype=torch.float32)
+        area = torch.empty(b, dtype=torch.int64)
+        boxes = torch.empty((b, 4), dtype=torch.int32)
+        _host_module().amg_stats(
+            logits.data_ptr(),
+            b,
+            h,
+            w,
+            thr,
+            offset,
+            out_hw[0],
+            out_hw[1],
+            stability.data_ptr(),
+            area.data_ptr(),
+            boxes.data_ptr(),
+            self.threads,
+        )
+        return stability, area, boxes
+
 
 def select_backend(device: torch.device | str) -> str:
     device = torch.device(device)
@@ -173,9 +292,9 @@ def select_backend(device: torch.device | str) -> str:
 
 
 @cache
-def metric_ops(device: torch.device | str = "cpu") -> MetricOps:
-    """The MetricOps for `device`, chosen once and logged once."""
+def kernel_ops(device: torch.device | str = "cpu") -> KernelOps:
+    """The KernelOps for `device`, chosen once and logged once."""
     device = torch.device(device)
     backend = select_backend(device)
     log.info("metric kernels on %s: %s", device.type, backend)
-    return MetricOps(backend)
+    return KernelOps(backend)

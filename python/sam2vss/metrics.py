@@ -25,7 +25,7 @@ import torch
 from sam2vss.config import MetricConfig
 
 if TYPE_CHECKING:
-    from sam2vss.kernels import MetricOps
+    from sam2vss.kernels import KernelOps
 
 
 @dataclass
@@ -185,12 +185,12 @@ class VideoMetrics:
         num_frames: int,
         device: torch.device | str = "cpu",
         ws: Workspace | None = None,
-        ops: MetricOps | None = None,
+        ops: KernelOps | None = None,
     ):
-        from sam2vss.kernels import metric_ops  # kernels imports this module's torch twins
+        from sam2vss.kernels import kernel_ops  # kernels imports this module's torch twins
 
         self.cfg = cfg
-        self.ops = ops or metric_ops(device)
+        self.ops = ops or kernel_ops(device)
         self.num_frames = num_frames
         self.device = torch.device(device)
         self.ws = ws or Workspace()

@@ -15,6 +15,28 @@ from __future__ import annotations
 import torch
 
 
+def _lerp(out_size: int, in_size: int, device) -> tuple[torch.Tensor, ...]:
+    """Source indices and weights of F.interpolate's align_corners=False grid, in float32 ops."""
+    scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32)
+    src = (scale * (torch.arange(out_size, dtype=torch.float32) + 0.5) - 0.5).clamp(min=0)
+    i0 = src.long()
+    i1 = i0 + (i0 < in_size - 1).long()
+    l1 = src - i0.float()
+    return i0.to(device), i1.to(device), (1.0 - l1).to(device), l1.to(device)
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) float32 -> (N, H, W): bilinear, align_corners=False, with the evaluation order
+    of kernels/aggregate.cuh (horizontal then vertical) so the kernels match it bit for bit. It
+    equals F.interpolate up to float rounding (~1e-5)."""
+    y0, y1, hy0, hy1 = _lerp(size[0], logits.shape[1], logits.device)
+    x0, x1, wx0, wx1 = _lerp(size[1], logits.shape[2], logits.device)
+    r0, r1 = logits[:, y0], logits[:, y1]  # (N, H, w)
+    t0 = wx0 * r0[:, :, x0] + wx1 * r0[:, :, x1]
+    t1 = wx0 * r1[:, :, x0] + wx1 * r1[:, :, x1]
+    return hy0[:, None] * t0 + hy1[:, None] * t1
+
+
 def paint_order(areas: torch.Tensor, order: str) -> torch.Tensor:
     """Masklet indices in painting order (painted later wins). `areas`: (N,) keyframe areas."""
     n = areas.numel()
