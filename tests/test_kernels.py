@@ -185,10 +185,8 @@ def test_amg_stats_host_equals_torch(b, low):
     got = HOST.amg_stats(logits, 0.0, 0.9, (480, 853))
     want = TORCH.amg_stats(logits, 0.0, 0.9, (480, 853))
     for name, g_, w_ in zip(("stability", "area", "boxes"), got, want, strict=True):
-        assert (
-            torch.equal(g_, w_)
-            or ((g_.isnan() == w_.isnan()).all()
-            and torch.equal(g_.nan_to_num(), w_.nan_to_num()))
+        assert torch.equal(g_, w_) or (
+            (g_.isnan() == w_.isnan()).all() and torch.equal(g_.nan_to_num(), w_.nan_to_num())
         ), name
 
 
