@@ -322,3 +322,29 @@ def test_model_config_validation(kwargs, message):
 
     with pytest.raises(ModelError, match=message):
         ModelConfig(**kwargs)
+
+
+def test_video_with_invalid_inputs_is_reported_not_fatal(medium, tmp_path):
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(medium, root)
+    (
+        root
+        / "pred_base"
+        / "0002_synth2"
+        / sorted(p.name for p in (root / "pred_base" / "0002_synth2").iterdir())[0]
+    ).unlink()
+    run = _cli(
+        "--data",
+        str(root),
+        "--pred",
+        str(root / "pred_base"),
+        "--out",
+        str(tmp_path / "o"),
+        "--masks",
+        "superpixel",
+    )
+    assert run.returncode == 1
+    assert "FAILED 0002_synth2: DataError" in run.stderr and "missing 1" in run.stderr
+    assert "refined 2 videos" in run.stdout

@@ -58,9 +58,6 @@ class MetricConfig:
         limit = 16 if self.vc_skip_rule == "16" else n
         return num_frames <= limit
 
-    def hash(self) -> str:
-        return config_hash(self)
-
 
 @dataclass(frozen=True)
 class SynthConfig:

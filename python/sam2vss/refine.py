@@ -41,18 +41,23 @@ class VideoJob:
     label_dir: Path  # base predictions S, one PNG per frame
     label_names: tuple[str, ...]
     instance_dir: Path | None = None
+    error: str | None = None  # set when the inputs failed validation: reported, never run
 
 
 def dataset_jobs(dataset: Dataset, pred_dir: Path, split: str) -> list[VideoJob]:
+    """One job per video of the split; a video whose inputs are invalid becomes a job that only
+    reports its error, so it never stops the others."""
     jobs = []
     for video in dataset.videos(split):
         source = FrameFolder(dataset.image_dir(video))
-        names = [n + ".png" for n in source.names]
-        labels = match_frames(names, Path(pred_dir) / video, video)
+        try:
+            names = [n + ".png" for n in source.names]
+            labels = tuple(match_frames(names, Path(pred_dir) / video, video))
+        except DataError as e:
+            jobs.append(VideoJob(video, source, Path(pred_dir) / video, (), error=str(e)))
+            continue
         inst = dataset.instance_dir(video)
-        jobs.append(
-            VideoJob(video, source, Path(pred_dir) / video, tuple(labels), inst if inst.is_dir() else None)
-        )
+        jobs.append(VideoJob(video, source, Path(pred_dir) / video, labels, inst if inst.is_dir() else None))
     return jobs
 
 
@@ -70,7 +75,8 @@ def refine_config_hash(cfg: RefineConfig, model_cfg: ModelConfig | None) -> str:
         m = asdict(model_cfg)
         m.pop("device")
         ckpt = Path(model_cfg.checkpoint)
-        m["checkpoint"] = "none" if model_cfg.random_weights else f"{ckpt.name}:{ckpt.stat().st_size}"
+        if not model_cfg.random_weights:  # a missing file is reported by the model loader
+            m["checkpoint"] = f"{ckpt.name}:{ckpt.stat().st_size}" if ckpt.is_file() else str(ckpt)
         parts["model"] = m
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -93,7 +99,7 @@ class Manifest:
     def done(self, job: VideoJob, out: Path) -> bool:
         """Finished: recorded done, and every output file there with the recorded checksum."""
         entry = self.data["videos"].get(job.name, {})
-        if entry.get("status") != "done":
+        if job.error is not None or entry.get("status") != "done":
             return False
         try:
             return output_digest(job, out) == entry.get("sha256")
@@ -167,6 +173,8 @@ def _fault_hook() -> None:
 
 def process_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, retries: int, progress: bool) -> dict:
     """Refine one video with up to `retries` retries; the manifest entry for it (never raises)."""
+    if job.error is not None:
+        return {"status": "failed", "error": f"DataError: {job.error}", "traceback": "", "attempts": 0}
     errors = []
     for attempt in range(1 + retries):
         bar = tqdm(total=len(job.label_names), desc=job.name, unit="frame", disable=not progress, leave=False)
