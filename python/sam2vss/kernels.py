@@ -7,7 +7,7 @@ The backend is chosen once per device with written-out guards and logged once:
   `torch`;
 - SAM2VSS_KERNELS=torch|host|cupy forces one (an unavailable forced backend is an error, never
   a silent fallback).
-All input checks (dtype, shape, device, contiguity) live in `_labels` here. The host ops write
+All input checks (dtype, shape, device, contiguity) live here, at each op's entry. The host ops write
 into fresh int64 outputs, so callers may run them on several threads at once (each op releases
 the GIL; one OpenMP thread each, since the callers already parallelise over frames).
 """
