@@ -174,6 +174,12 @@ def _cli(*args, env=None):
     )
 
 
+def _cli_superpixel(root: Path, out: Path):
+    return _cli(
+        "--data", str(root), "--pred", str(root / "pred_base"), "--out", str(out), "--masks", "superpixel"
+    )
+
+
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory):
     cfg = SynthConfig(videos=3, frames=12, height=48, width=64, train_videos=0, seed=2)
@@ -221,16 +227,7 @@ def test_bad_video_is_reported_and_others_complete(medium, tmp_path):
     shutil.copytree(medium, root)
     bad = sorted((root / "data" / "0001_synth2" / "origin").iterdir())[4]
     bad.write_bytes(bad.read_bytes()[:100])  # truncated JPEG
-    run = _cli(
-        "--data",
-        str(root),
-        "--pred",
-        str(root / "pred_base"),
-        "--out",
-        str(tmp_path / "o"),
-        "--masks",
-        "superpixel",
-    )
+    run = _cli_superpixel(root, tmp_path / "o")
     assert run.returncode == 1
     assert "FAILED 0001_synth2" in run.stderr and bad.name in run.stderr
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
@@ -335,16 +332,7 @@ def test_video_with_invalid_inputs_is_reported_not_fatal(medium, tmp_path):
         / "0002_synth2"
         / sorted(p.name for p in (root / "pred_base" / "0002_synth2").iterdir())[0]
     ).unlink()
-    run = _cli(
-        "--data",
-        str(root),
-        "--pred",
-        str(root / "pred_base"),
-        "--out",
-        str(tmp_path / "o"),
-        "--masks",
-        "superpixel",
-    )
+    run = _cli_superpixel(root, tmp_path / "o")
     assert run.returncode == 1
     assert "FAILED 0002_synth2: DataError" in run.stderr and "missing 1" in run.stderr
     assert "refined 2 videos" in run.stdout
