@@ -263,7 +263,7 @@ def test_refine_cli_errors(medium, tmp_path):
         "--masks",
         "superpixel",
     )
-    assert run.returncode == 2 and "fast engine is not built yet" in run.stderr
+    assert run.returncode == 0, run.stderr  # superpixels have no model stage: fast runs the same code
 
 
 def test_refine_video_file_with_label_folder(tmp_path):

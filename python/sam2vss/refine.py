@@ -24,6 +24,7 @@ from tqdm import tqdm
 from sam2vss import envs
 from sam2vss.config import RefineConfig
 from sam2vss.data import DataError, Dataset, list_frames, match_frames, read_label_png
+from sam2vss.engine import make_refiner
 from sam2vss.model import ModelConfig
 from sam2vss.reference import ReferenceRefiner, Window
 from sam2vss.sinks import write_json, write_label_png
@@ -68,9 +69,10 @@ def video_job(video: Path, labels: Path) -> VideoJob:
     return VideoJob(pair.name, VideoFile(pair.video), pair.labels, pair.frames)
 
 
-def refine_config_hash(cfg: RefineConfig, model_cfg: ModelConfig | None) -> str:
-    """What changes the outputs: the refiner config and, for SAM2 masklets, the model and weights."""
-    parts: dict = {"refine": asdict(cfg)}
+def refine_config_hash(cfg: RefineConfig, model_cfg: ModelConfig | None, pipeline: str = "reference") -> str:
+    """What changes the outputs: the refiner config, the pipeline and, for SAM2 masklets, the model
+    and weights (the fast pipeline agrees with the reference on >= 99.9% of pixels, not all)."""
+    parts: dict = {"refine": asdict(cfg), "pipeline": pipeline if cfg.masks != "superpixel" else "reference"}
     if cfg.masks != "superpixel" and model_cfg is not None:
         m = asdict(model_cfg)
         m.pop("device")
@@ -226,11 +228,13 @@ def refine_jobs(
     retries: int = 1,
     workers: int | None = None,
     ray_address: str | None = None,
+    pipeline: str = "reference",
 ) -> RefineReport:
-    """Refine every job not already done in OUT (manifest), with the `local` or `ray` runner."""
+    """Refine every job not already done in OUT (manifest), with the `local` or `ray` runner and
+    the `reference` or `fast` pipeline."""
     out = Path(out)
-    config = {"refine": asdict(cfg), "model": asdict(model_cfg) if model_cfg else None}
-    manifest = Manifest(out, refine_config_hash(cfg, model_cfg), config, overwrite)
+    config = {"refine": asdict(cfg), "model": asdict(model_cfg) if model_cfg else None, "pipeline": pipeline}
+    manifest = Manifest(out, refine_config_hash(cfg, model_cfg, pipeline), config, overwrite)
     todo = [j for j in jobs if not manifest.done(j, out)]
     report = RefineReport([], [j.name for j in jobs if j not in todo], {}, 0, 0.0)
     if not todo:
@@ -239,9 +243,9 @@ def refine_jobs(
     if runner == "ray":
         from sam2vss.scale import run_ray
 
-        results = run_ray(todo, out, cfg, model_cfg, retries, workers, ray_address, progress)
+        results = run_ray(todo, out, cfg, model_cfg, retries, workers, ray_address, progress, pipeline)
     elif runner == "local":
-        refiner = ReferenceRefiner(cfg, model_cfg)
+        refiner = make_refiner(cfg, model_cfg, pipeline)
         results = ((job.name, process_video(refiner, job, out, retries, progress)) for job in todo)
     else:
         raise ValueError(f"unknown runner {runner!r}; expected local or ray")

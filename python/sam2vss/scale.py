@@ -27,11 +27,19 @@ log = logging.getLogger(__name__)
 class RefineActor:
     """Ray Data callable class: one refiner per actor, one video per call."""
 
-    def __init__(self, jobs: list, out: str, cfg: RefineConfig, model_cfg: ModelConfig | None, retries: int):
-        from sam2vss.reference import ReferenceRefiner
+    def __init__(
+        self,
+        jobs: list,
+        out: str,
+        cfg: RefineConfig,
+        model_cfg: ModelConfig | None,
+        retries: int,
+        pipeline: str,
+    ):
+        from sam2vss.engine import make_refiner
 
         self.jobs, self.out, self.retries = jobs, Path(out), retries
-        self.refiner = ReferenceRefiner(cfg, model_cfg)
+        self.refiner = make_refiner(cfg, model_cfg, pipeline)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from sam2vss.refine import process_video
@@ -66,6 +74,7 @@ def run_ray(
     workers: int | None,
     address: str | None,
     progress: bool,
+    pipeline: str = "reference",
 ) -> Iterator[tuple[str, dict]]:
     """Yields (video, manifest entry) as videos finish, in completion order."""
     import ray
@@ -87,6 +96,7 @@ def run_ray(
             "cfg": cfg,
             "model_cfg": model_cfg,
             "retries": retries,
+            "pipeline": pipeline,
         },
         num_cpus=1,
         num_gpus=1 if gpus and uses_model else 0,
