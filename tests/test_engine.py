@@ -94,3 +94,39 @@ def test_zero_masklets_and_one_frame_video(tmp_path):
     assert np.array_equal(
         read_label_png(out), read_label_png(root / "pred_base" / out.parent.name / out.name)
     )
+
+
+def test_bench_compares_pipelines(tmp_path, capsys):
+    from sam2vss.cli import main
+
+    args = [
+        "bench",
+        "-q",
+        "--frames",
+        "3",
+        "--masklets",
+        "3",
+        "--window",
+        "1,3",
+        "--height",
+        "48",
+        "--width",
+        "64",
+        "--compare-reference",
+        "--json",
+        str(tmp_path / "b.json"),
+        "--data-dir",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    import json
+
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [(r["pipeline"], r["window"]) for r in rows] == [
+        ("fast", 1),
+        ("reference", 1),
+        ("fast", 3),
+        ("reference", 3),
+    ]
+    assert all(r["agreement"] >= AGREEMENT and r["fps"] > 0 for r in rows)
+    assert "encode+propagate" in rows[0]["stages_ms"] and "frames/s" in capsys.readouterr().out

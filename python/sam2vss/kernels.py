@@ -296,5 +296,5 @@ def kernel_ops(device: torch.device | str = "cpu") -> KernelOps:
     """The KernelOps for `device`, chosen once and logged once."""
     device = torch.device(device)
     backend = select_backend(device)
-    log.info("metric kernels on %s: %s", device.type, backend)
+    log.info("kernels on %s: %s", device.type, backend)
     return KernelOps(backend)
