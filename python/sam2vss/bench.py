@@ -152,14 +152,14 @@ def run_bench(
 
 
 def format_rows(rows: list[Row]) -> str:
-    cols = ("frames/s", 9), ("p50 ms", 8), ("p99 ms", 8), ("agree", 8)
+    cols = ("frames/s", 9), ("p50 ms", 8), ("p99 ms", 8), ("agree", 10)
     head = f"{'pipeline':10s} {'window':>6s} " + " ".join(f"{c:>{w}s}" for c, w in cols) + "  stages ms/frame"
     lines = [head, "-" * len(head)]
     for r in rows:
-        agree = f"{100 * r.agreement:.3f}%" if r.agreement is not None else "-"
+        agree = f"{100 * r.agreement:.5f}%" if r.agreement is not None else "-"
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r.stages_ms.items()) or "-"
         timing = f"{r.fps:9.3f} {r.p50_ms:8.1f} {r.p99_ms:8.1f}"
-        lines.append(f"{r.pipeline:10s} {r.window:6d} {timing} {agree:>8s}  {stages}")
+        lines.append(f"{r.pipeline:10s} {r.window:6d} {timing} {agree:>10s}  {stages}")
     return "\n".join(lines)
 
 
