@@ -94,6 +94,25 @@ class BatchedTracker:
         model, n, size = self.model, masks.shape[0], self.model.image_size
         state = TrackState(num_frames=len(images))
         device = self._device()
+
+        def step(t: int, feats, pos, sizes, prompt: torch.Tensor | None) -> dict:
+            # The prompted frame runs without the memory encoder (it runs below, as the
+            # predictor's preflight does); every later frame runs it inside track_step.
+            return model.track_step(
+                frame_idx=t,
+                is_init_cond_frame=prompt is not None,
+                current_vision_feats=feats,
+                current_vision_pos_embeds=pos,
+                feat_sizes=sizes,
+                point_inputs=None,
+                mask_inputs=prompt,
+                output_dict=state.output_dict(),
+                num_frames=state.num_frames,
+                track_in_reverse=False,
+                run_mem_encoder=prompt is None,
+                prev_sam_mask_logits=None,
+            )
+
         for t, image in enumerate(images):
             feats, pos, sizes = self._features(image, n)
             if t == 0:
@@ -103,20 +122,7 @@ class BatchedTracker:
                         prompt, size=(size, size), mode="bilinear", align_corners=False, antialias=True
                     )
                     prompt = (prompt >= 0.5).float()
-                out = model.track_step(
-                    frame_idx=0,
-                    is_init_cond_frame=True,
-                    current_vision_feats=feats,
-                    current_vision_pos_embeds=pos,
-                    feat_sizes=sizes,
-                    point_inputs=None,
-                    mask_inputs=prompt,
-                    output_dict=state.output_dict(),
-                    num_frames=state.num_frames,
-                    track_in_reverse=False,
-                    run_mem_encoder=False,
-                    prev_sam_mask_logits=None,
-                )
+                out = step(t, feats, pos, sizes, prompt)
                 high_res = F.interpolate(
                     out["pred_masks"], size=(size, size), mode="bilinear", align_corners=False
                 )
@@ -130,20 +136,7 @@ class BatchedTracker:
                 state.cond[0] = self._compact(state, out, maskmem, pos_enc)
                 pred = out["pred_masks"]
             else:
-                out = model.track_step(
-                    frame_idx=t,
-                    is_init_cond_frame=False,
-                    current_vision_feats=feats,
-                    current_vision_pos_embeds=pos,
-                    feat_sizes=sizes,
-                    point_inputs=None,
-                    mask_inputs=None,
-                    output_dict=state.output_dict(),
-                    num_frames=state.num_frames,
-                    track_in_reverse=False,
-                    run_mem_encoder=True,
-                    prev_sam_mask_logits=None,
-                )
+                out = step(t, feats, pos, sizes, None)
                 pred = out["pred_masks"]
                 if model.fill_hole_area > 0:
                     pred = fill_holes_in_mask_scores(pred, model.fill_hole_area)
