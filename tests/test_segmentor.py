@@ -21,6 +21,10 @@ def tiny_encoder() -> nn.Module:
     return nn.AvgPool2d(2)
 
 
+def _segment_cli(ds, classifier, out) -> int:
+    return main(["segment", "-q", "--data", str(ds.root), "--classifier", str(classifier), "--out", str(out)])
+
+
 def test_masked_average_pools_each_masklet():
     feats = torch.zeros((2, 4, 4))
     feats[0, :, :2], feats[0, :, 2:] = 1.0, 3.0
@@ -115,21 +119,7 @@ def test_sam2_features_and_plugin_encoder_via_cli(seg_set, tmp_path):
     ]
     assert main(args) == 0
     assert load(sam2_cls)[2].net[0].normalized_shape == (256,)  # SAM2's image_embed width
-    assert (
-        main(
-            [
-                "segment",
-                "-q",
-                "--data",
-                str(seg_set.root),
-                "--classifier",
-                str(sam2_cls),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 0
-    )
+    assert _segment_cli(seg_set, sam2_cls, tmp_path / "o") == 0
     assert len(list((tmp_path / "o").rglob("*.png"))) == 12
     plug = tmp_path / "plug.pt"
     assert (
@@ -169,21 +159,7 @@ def test_bad_encoder_spec_and_missing_classifier(seg_set, tmp_path, capsys):
         == 2
     )
     assert "cannot import thing from no_such_module" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "segment",
-                "-q",
-                "--data",
-                str(seg_set.root),
-                "--classifier",
-                str(tmp_path / "nope.pt"),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+    assert _segment_cli(seg_set, tmp_path / "nope.pt", tmp_path / "o") == 2
     assert "not found" in capsys.readouterr().err
 
 
