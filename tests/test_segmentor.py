@@ -21,6 +21,10 @@ def tiny_encoder() -> nn.Module:
     return nn.AvgPool2d(2)
 
 
+def _train_cli(ds, out, *flags: str) -> int:
+    return main(["train-classifier", "-q", "--data", str(ds.root), "--out", str(out), *flags])
+
+
 def _segment_cli(ds, classifier, out) -> int:
     return main(["segment", "-q", "--data", str(ds.root), "--classifier", str(classifier), "--out", str(out)])
 
@@ -99,65 +103,18 @@ def test_instance_masklets_with_and_without_base_fill(seg_set, tmp_path):
 
 def test_sam2_features_and_plugin_encoder_via_cli(seg_set, tmp_path):
     sam2_cls = tmp_path / "sam2.pt"
-    args = [
-        "train-classifier",
-        "-q",
-        "--data",
-        str(seg_set.root),
-        "--out",
-        str(sam2_cls),
-        "--features",
-        "sam2",
-        "--checkpoint",
-        "none",
-        "--image-size",
-        "256",
-        "--epochs",
-        "3",
-        "--frame-stride",
-        "3",
-    ]
-    assert main(args) == 0
+    flags = ["--features", "sam2", "--checkpoint", "none", "--image-size", "256", "--epochs", "3"]
+    assert _train_cli(seg_set, sam2_cls, *flags, "--frame-stride", "3") == 0
     assert load(sam2_cls)[2].net[0].normalized_shape == (256,)  # SAM2's image_embed width
     assert _segment_cli(seg_set, sam2_cls, tmp_path / "o") == 0
     assert len(list((tmp_path / "o").rglob("*.png"))) == 12
     plug = tmp_path / "plug.pt"
-    assert (
-        main(
-            [
-                "train-classifier",
-                "-q",
-                "--data",
-                str(seg_set.root),
-                "--out",
-                str(plug),
-                "--features",
-                "test_segmentor:tiny_encoder",
-                "--epochs",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert _train_cli(seg_set, plug, "--features", "test_segmentor:tiny_encoder", "--epochs", "2") == 0
     assert load(plug)[2].net[0].normalized_shape == (3,)
 
 
 def test_bad_encoder_spec_and_missing_classifier(seg_set, tmp_path, capsys):
-    assert (
-        main(
-            [
-                "train-classifier",
-                "-q",
-                "--data",
-                str(seg_set.root),
-                "--out",
-                str(tmp_path / "x.pt"),
-                "--features",
-                "no_such_module:thing",
-            ]
-        )
-        == 2
-    )
+    assert _train_cli(seg_set, tmp_path / "x.pt", "--features", "no_such_module:thing") == 2
     assert "cannot import thing from no_such_module" in capsys.readouterr().err
     assert _segment_cli(seg_set, tmp_path / "nope.pt", tmp_path / "o") == 2
     assert "not found" in capsys.readouterr().err
