@@ -13,6 +13,11 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 $(STAMP): pyproject.toml CMakeLists.txt Makefile $(wildcard engine/*.cpp kernels/*.cu kernels/*.cuh)
+	@# torchcodec loads FFmpeg's shared libraries from the system (Debian's ffmpeg); as root on
+	@# Debian/Ubuntu they are installed here, elsewhere the torchcodec decoder reports itself missing.
+	command -v ffmpeg >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; }; }; } \
+	  || echo "warning: FFmpeg libraries not installed; the torchcodec decoder will be unavailable (apt-get install ffmpeg)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-build-isolation sam2==1.1.0

@@ -15,6 +15,7 @@ from sam2vss.model import ModelConfig
 from sam2vss.propagate import BatchedTracker, preprocess
 from sam2vss.reference import ReferenceRefiner
 from sam2vss.refine import _windows, dataset_jobs, refine_jobs
+from sam2vss.sources import to_rgb
 from sam2vss.synth import synthesize
 
 MODEL = ModelConfig(image_size=256)
@@ -42,7 +43,10 @@ def test_batched_propagation_equals_the_per_object_predictor(clip, reference):
     tracker = BatchedTracker(reference.predictor)
     with torch.inference_mode():
         low = list(
-            tracker.track([preprocess(f, 256) for f in window.frames], torch.from_numpy(np.stack(masks)))
+            tracker.track(
+                torch.stack([preprocess(f, 256) for f in to_rgb(window.frames)]),
+                torch.from_numpy(np.stack(masks)),
+            )
         )
     assert len(low) == len(official) == 7
     for t, (ours, theirs) in enumerate(zip(low, official, strict=True)):

@@ -22,15 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sam2vss import model as sam2_model
 from sam2vss.config import RefineConfig, SynthConfig
 from sam2vss.data import open_dataset
 from sam2vss.engine import FastRefiner
 from sam2vss.model import ModelConfig
-from sam2vss.propagate import preprocess
-from sam2vss.reference import ReferenceRefiner, Window
+from sam2vss.reference import ReferenceRefiner
 from sam2vss.refine import _windows, dataset_jobs
-from sam2vss.vote import paint_order
 
 
 @dataclass
@@ -49,41 +46,6 @@ class Row:
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def _fast_stages(refiner: FastRefiner, window: Window, stages: dict[str, float]) -> list[np.ndarray]:
-    """FastRefiner.refine_window with each stage timed (same calls, same results)."""
-    cfg, c = refiner.cfg, refiner.cfg.num_classes
-    t0 = time.perf_counter()
-    masks0, areas = refiner._keyframe_masks(window)
-    labels = [torch.from_numpy(s) for s in window.labels]
-    images = [preprocess(f, refiner.predictor.image_size) for f in window.frames]
-    t1 = time.perf_counter()
-    stages["detect+preprocess"] = stages.get("detect+preprocess", 0.0) + t1 - t0
-    if not masks0:
-        return [s.numpy() for s in labels]
-    n = len(masks0)
-    rank = torch.empty(n, dtype=torch.int32)
-    rank[paint_order(areas, cfg.paint_order)] = torch.arange(n, dtype=torch.int32)
-    ids, hists = [], torch.zeros((n, c), dtype=torch.int64)
-    with torch.inference_mode(), sam2_model.autocast(refiner.device):
-        tracked = refiner.tracker.track(images, torch.from_numpy(np.stack(masks0)))
-        for s in labels:
-            t0 = time.perf_counter()
-            logits = next(tracked)[:, 0].float().cpu()
-            _sync()
-            t1 = time.perf_counter()
-            frame_ids, hist = refiner.ops.aggregate(logits, rank, s, c, cfg.paint_order == "logit")
-            ids.append(frame_ids)
-            hists += hist
-            t2 = time.perf_counter()
-            stages["encode+propagate"] = stages.get("encode+propagate", 0.0) + t1 - t0
-            stages["aggregate+vote"] = stages.get("aggregate+vote", 0.0) + t2 - t1
-    t0 = time.perf_counter()
-    classes = refiner.ops.decide(hists)
-    out = [refiner.ops.paint(i, classes, s).numpy() for i, s in zip(ids, labels, strict=True)]
-    stages["aggregate+vote"] += time.perf_counter() - t0
-    return out
 
 
 def run_bench(
@@ -112,19 +74,19 @@ def run_bench(
     rows: list[Row] = []
     for w in windows:
         cfg = RefineConfig(masks="instances", window=w)
-        fast = FastRefiner(cfg, model_cfg)
+        fast = FastRefiner(cfg, model_cfg, synced_stages=True)
         ref = ReferenceRefiner(cfg, model_cfg) if compare_reference else None
-        wins = [win for _, win in _windows(job, w)]
-        _fast_stages(fast, wins[0], {})  # warm-up
+        wins = [win for _, win in _windows(job, w, fast.frames_device)]
+        fast.refine_window(wins[0])  # warm-up
+        fast.stages.reset()
         results: dict[str, list[np.ndarray]] = {}
         for name, refiner in (("fast", fast), ("reference", ref)):
             if refiner is None:
                 continue
-            stages: dict[str, float] = {}
             per_window, outs = [], []
             for win in wins:
                 t0 = time.perf_counter()
-                outs += _fast_stages(refiner, win, stages) if name == "fast" else refiner.refine_window(win)
+                outs += refiner.refine_window(win)
                 _sync()
                 per_window.append((time.perf_counter() - t0) / len(win.frames))
             total = sum(p * len(win.frames) for p, win in zip(per_window, wins, strict=True))
@@ -137,7 +99,7 @@ def run_bench(
                     frames / total,
                     1e3 * statistics.median(per_window),
                     1e3 * float(np.percentile(per_window, 99)),
-                    {k: 1e3 * v / frames for k, v in stages.items()},
+                    refiner.stages.per_frame_ms(frames),
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 )
             )

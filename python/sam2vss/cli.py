@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sam2vss.config import MetricConfig, RefineConfig, SynthConfig
+from sam2vss.config import DECODERS, MetricConfig, RefineConfig, SynthConfig
 from sam2vss.data import DataError, open_dataset
 from sam2vss.model import ModelConfig
 
@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
     src.add_argument("--video", type=Path, help="a video file (instead of --data)")
     src.add_argument("--labels", type=Path, help="the video's base predictions, one PNG per frame")
+    src.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="auto",
+        help="frame decoder (default auto: frames for folders; torchcodec, else decord, else pyav for"
+        " files); every backend returns the same frames",
+    )
     r.add_argument("--out", type=Path, required=True, help="output folder")
     r.add_argument(
         "--overwrite", action="store_true", help="discard results of another configuration in --out"
@@ -412,11 +419,11 @@ def cmd_refine(a: argparse.Namespace) -> int:
     if a.data is not None:
         if a.pred is None:
             raise ValueError("--data needs --pred DIR (the base predictions to refine)")
-        jobs = dataset_jobs(open_dataset(a.data), a.pred, a.split)
+        jobs = dataset_jobs(open_dataset(a.data), a.pred, a.split, a.decoder)
     else:
         if a.labels is None:
             raise ValueError("--video needs --labels DIR (the video's base predictions)")
-        jobs = [video_job(a.video, a.labels)]
+        jobs = [video_job(a.video, a.labels, a.decoder)]
     report = refine_jobs(
         jobs,
         a.out,

@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass
 
 from sam2vss.labels import NUM_CLASSES
 
+# Frame decoders (sources.py), best first for video files; `frames` reads image folders.
+VIDEO_BACKENDS = ("torchcodec", "decord", "pyav")
+DECODERS = ("auto", "frames", *VIDEO_BACKENDS)
+
 
 @dataclass(frozen=True)
 class MetricConfig:
@@ -83,6 +87,52 @@ class SynthConfig:
             raise ValueError(f"SynthConfig: objects must be in 0..200, got {self.objects}")
 
 
+def _check_choices(cfg: object, **choices: tuple[str, ...]) -> None:
+    for name, options in choices.items():
+        value = getattr(cfg, name)
+        if value not in options:
+            raise ValueError(
+                f"{type(cfg).__name__}: {name} must be one of {', '.join(options)}, got {value!r}"
+            )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the fast engine trades for speed; `exact` changes nothing the reference computes
+    beyond float rounding. The agreement of each preset with `exact` is measured by `sam2vss bench
+    --preset ... --compare-reference` and written in the README."""
+
+    preprocess: str = "sam2"  # sam2: Pillow resize in float64, as SAM2's loader (bit-exact with the
+    #                           reference); device: resize + normalise fused on the decode device
+    track_scale: float = 1.0  # tracking image size = model image size x this (multiple of 32, >= 128);
+    #                           keyframe detection keeps the full size
+    memory_frames: int | None = None  # previous frames kept for memory attention and object pointers;
+    #                                   None: all of the window's (the model picks its 6 + 16 pointers)
+    max_masklets: int | None = None  # track only the N largest keyframe masklets; None: all
+    encode_batch: int = 8  # frames per image-encoder call
+
+    def __post_init__(self) -> None:
+        _check_choices(self, preprocess=("sam2", "device"))
+        if not 0 < self.track_scale <= 1:
+            raise ValueError(f"EngineConfig: track_scale must be in (0, 1], got {self.track_scale}")
+        for name in ("memory_frames", "max_masklets"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"EngineConfig: {name} must be >= 1 or None, got {value}")
+
+    def track_size(self, image_size: int) -> int:
+        return max(128, round(image_size * self.track_scale / 32) * 32)
+
+
+# Named speed presets of the fast pipeline, from exact to fastest.
+PRESETS = {
+    "exact": EngineConfig(),
+    "fast": EngineConfig(preprocess="device", memory_frames=3),
+    "faster": EngineConfig(preprocess="device", memory_frames=3, track_scale=0.75, max_masklets=16),
+    "fastest": EngineConfig(preprocess="device", memory_frames=2, track_scale=0.5, max_masklets=12),
+}
+
+
 def config_hash(cfg: object) -> str:
     """Short stable hash of a config dataclass: keys manifests and cached artifacts."""
     blob = json.dumps({type(cfg).__name__: asdict(cfg)}, sort_keys=True, default=str)
@@ -108,10 +158,12 @@ class RefineConfig:
     superpixel_size: int = 256  # SLIC: mean superpixel area in pixels (n_segments = H * W / size)
     superpixel_compactness: float = 10.0  # SLIC compactness
     felzenszwalb_scale: float = 200.0  # Felzenszwalb scale (min_size = scale / 4)
+    preset: str = "exact"  # the fast pipeline's speed preset (PRESETS); the reference ignores it
 
     def __post_init__(self) -> None:
         _check_choices(
             self,
+            preset=tuple(PRESETS),
             masks=("sam2", "instances", "superpixel"),
             vote_scope=("masklet", "frame"),
             paint_order=("area", "logit", "amg"),
@@ -134,12 +186,3 @@ class RefineConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"RefineConfig: {message}")
-
-
-def _check_choices(cfg: object, **choices: tuple[str, ...]) -> None:
-    for name, options in choices.items():
-        value = getattr(cfg, name)
-        if value not in options:
-            raise ValueError(
-                f"{type(cfg).__name__}: {name} must be one of {', '.join(options)}, got {value!r}"
-            )

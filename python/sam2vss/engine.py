@@ -17,52 +17,79 @@ decode/encode overlap, compiled backends, presets and `sam2vss bench`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from sam2vss import model as sam2_model
-from sam2vss.config import RefineConfig
+from sam2vss.config import PRESETS, RefineConfig
 from sam2vss.kernels import kernel_ops
 from sam2vss.model import ModelConfig
-from sam2vss.propagate import BatchedTracker, preprocess
+from sam2vss.propagate import BatchedTracker, preprocess, to_model_input
 from sam2vss.reference import ReferenceRefiner, Window
+from sam2vss.sources import to_rgb
+from sam2vss.stages import Stages
 from sam2vss.vote import paint_order
 
 
 class FastRefiner(ReferenceRefiner):
     """Same interface and configuration as ReferenceRefiner; `refine_window` is the fast path."""
 
-    def __init__(self, cfg: RefineConfig, model_cfg: ModelConfig | None = None):
+    def __init__(self, cfg: RefineConfig, model_cfg: ModelConfig | None = None, synced_stages: bool = False):
         super().__init__(cfg, model_cfg)
+        self.engine = PRESETS[cfg.preset]
         self.ops = kernel_ops("cpu")  # labels and votes live on the host; logits come back from the device
-        self.tracker = BatchedTracker(self.predictor) if self.predictor is not None else None
+        if self.predictor is not None:
+            size = self.engine.track_size(self.predictor.image_size)
+            track_model = self.predictor
+            if size != self.predictor.image_size:  # same weights, smaller input: a second, cheaper tracker
+                track_model = sam2_model.build(replace(model_cfg or ModelConfig(), image_size=size))
+            self.tracker = BatchedTracker(track_model, self.engine.encode_batch, self.engine.memory_frames)
+            self.frames_device = self.device  # decoded (or copied from pinned memory) straight to the device
+            self.stages = Stages(self.device, synced=synced_stages)
+
+    def _preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        size = self.tracker.model.image_size
+        if self.engine.preprocess == "sam2":
+            return torch.stack([preprocess(f, size) for f in to_rgb(frames)])
+        return to_model_input(frames, size)
 
     def refine_window(self, window: Window) -> list[np.ndarray]:
-        cfg, c = self.cfg, self.cfg.num_classes
+        cfg, c, st = self.cfg, self.cfg.num_classes, self.stages
         if cfg.masks == "superpixel":
             return super().refine_window(window)
         labels = [torch.from_numpy(s) for s in window.labels]
-        masks0, areas = self._keyframe_masks(window)
+        with st.time("detect"):
+            masks0, areas = self._keyframe_masks(window)
+        if self.engine.max_masklets is not None and len(masks0) > self.engine.max_masklets:
+            keep = (
+                torch.argsort(areas, descending=True, stable=True)[: self.engine.max_masklets].sort().values
+            )
+            masks0, areas = [masks0[i] for i in keep.tolist()], areas[keep]
         if not masks0:
             return [s.numpy() for s in labels]
         n = len(masks0)
         rank = torch.empty(n, dtype=torch.int32)
         rank[paint_order(areas, cfg.paint_order)] = torch.arange(n, dtype=torch.int32)  # painted later wins
-        images = [preprocess(f, self.predictor.image_size) for f in window.frames]
+        with st.time("preprocess"):
+            images = self._preprocess(window.frames)
         by_logit = cfg.paint_order == "logit"
         ids, hists, out = [], torch.zeros((n, c), dtype=torch.int64), []
         with torch.inference_mode(), sam2_model.autocast(self.device):
-            tracked = self.tracker.track(images, torch.from_numpy(np.stack(masks0)))
+            tracked = self.tracker.track(images, torch.from_numpy(np.stack(masks0)), st)
             for logits, s in zip(tracked, labels, strict=True):
-                frame_ids, hist = self.ops.aggregate(logits[:, 0].float().cpu(), rank, s, c, by_logit)
-                if cfg.vote_scope == "frame":
-                    out.append(self.ops.paint(frame_ids, self.ops.decide(hist), s).numpy())
-                else:
-                    ids.append(frame_ids)
-                    hists += hist
+                with st.time("aggregate+vote"):
+                    frame_ids, hist = self.ops.aggregate(logits[:, 0].float().cpu(), rank, s, c, by_logit)
+                    if cfg.vote_scope == "frame":
+                        out.append(self.ops.paint(frame_ids, self.ops.decide(hist), s).numpy())
+                    else:
+                        ids.append(frame_ids)
+                        hists += hist
         if cfg.vote_scope == "masklet":
-            classes = self.ops.decide(hists)
-            out = [self.ops.paint(i, classes, s).numpy() for i, s in zip(ids, labels, strict=True)]
+            with st.time("aggregate+vote"):
+                classes = self.ops.decide(hists)
+                out = [self.ops.paint(i, classes, s).numpy() for i, s in zip(ids, labels, strict=True)]
         return out
 
 

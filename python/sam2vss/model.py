@@ -35,7 +35,7 @@ class ModelConfig:
 
     name: str = "sam2.1_hiera_t"  # or an alias t, s, b+, l (SAM2.1); sam2_hiera_* for SAM2
     checkpoint: str = "none"  # path to a .pt, or "none" for random weights (plumbing/speed only)
-    image_size: int = 1024  # SAM2's input resolution; multiples of 32 from 256 up
+    image_size: int = 1024  # SAM2's input resolution; multiples of 32 from 128 up (256+ for detection)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # random-weight initialisation seed
 
@@ -46,8 +46,8 @@ class ModelConfig:
                 f"unknown model {self.name!r}; choose one of {', '.join([*ALIASES, *MODEL_CONFIGS])}"
             )
         object.__setattr__(self, "name", name)
-        if self.image_size < 256 or self.image_size % 32:
-            raise ModelError(f"--image-size must be a multiple of 32 and >= 256, got {self.image_size}")
+        if self.image_size < 128 or self.image_size % 32:
+            raise ModelError(f"--image-size must be a multiple of 32 and >= 128, got {self.image_size}")
 
     @property
     def random_weights(self) -> bool:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sam2vss.stages import Stages
+
 IMG_MEAN = (0.485, 0.456, 0.406)
 IMG_STD = (0.229, 0.224, 0.225)
 
@@ -39,6 +41,30 @@ def preprocess(frame: np.ndarray, image_size: int) -> torch.Tensor:
     mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
     std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
     return (x - mean) / std
+
+
+def to_model_input(frames: torch.Tensor, image_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(T, 3, H, W) uint8 frames -> (T, 3, S, S) normalised model input, on the frames' device: the
+    device twin of `preprocess`, one resize per axis and one affine normalisation.
+
+    Pillow's default resize is bicubic (a = -0.5) with its support widened by the scale, which
+    torch's bicubic antialias reproduces. Pillow runs it as two 1-D passes with the image rounded
+    to uint8 in between, the shorter-intermediate order first (horizontal when H <= W, as Pillow
+    13 does); doing the same leaves at most one uint8 level of difference, on < 0.1% of values
+    (measured on noise, 1x1 to 1080x1920; tests/test_sources.py bounds it). One fused 2-D resize
+    differs by up to 17 levels when upsampling, where bicubic overshoot is clipped in between."""
+    x = frames.float()
+    h, w = x.shape[-2:]
+    s = image_size
+    for size in ((h, s), (s, s)) if h <= w else ((s, w), (s, s)):
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+            x = x.clamp_(0, 255).round_()
+    scale = torch.tensor([1 / (255 * sd) for sd in IMG_STD], device=x.device)[:, None, None]
+    shift = torch.tensor([m / sd for m, sd in zip(IMG_MEAN, IMG_STD, strict=True)], device=x.device)[
+        :, None, None
+    ]
+    return (x * scale - shift).to(dtype)
 
 
 @dataclass
@@ -55,17 +81,27 @@ class TrackState:
 
 
 class BatchedTracker:
-    """Tracks N masklets prompted on frame 0 through a window, one forward per frame."""
+    """Tracks N masklets prompted on frame 0 through a window, one forward per frame.
 
-    def __init__(self, predictor: torch.nn.Module):
+    The image encoder runs on `encode_batch` frames at a time (each frame exactly once); its
+    outputs are expanded, not copied, to the N masklets."""
+
+    def __init__(self, predictor: torch.nn.Module, encode_batch: int = 8, memory_frames: int | None = None):
         self.model = predictor  # a SAM2VideoPredictor (a SAM2Base): its blocks and settings
+        self.encode_batch = encode_batch
+        # None: keep the whole window (the model reads its last 6 frames and 16 object pointers
+        # from it, as the official predictor does); k: keep the last k frames only.
+        self.memory_frames = memory_frames
 
-    def _features(self, image: torch.Tensor, n: int):
-        backbone_out = self.model.forward_image(image[None].to(self._device()))
-        expanded = {
-            "backbone_fpn": [f.expand(n, -1, -1, -1) for f in backbone_out["backbone_fpn"]],
-            "vision_pos_enc": [p.expand(n, -1, -1, -1) for p in backbone_out["vision_pos_enc"]],
-        }
+    def encode(self, images: torch.Tensor) -> Iterator[dict]:
+        """Backbone outputs of each frame of (T, 3, S, S), computed `encode_batch` frames at once."""
+        for i in range(0, images.shape[0], self.encode_batch):
+            out = self.model.forward_image(images[i : i + self.encode_batch].to(self._device()))
+            for k in range(out["backbone_fpn"][0].shape[0]):
+                yield {key: [f[k : k + 1] for f in out[key]] for key in ("backbone_fpn", "vision_pos_enc")}
+
+    def _features(self, backbone_out: dict, n: int):
+        expanded = {key: [f.expand(n, -1, -1, -1) for f in fs] for key, fs in backbone_out.items()}
         _, vision_feats, vision_pos, feat_sizes = self.model._prepare_backbone_features(expanded)
         return vision_feats, vision_pos, feat_sizes
 
@@ -86,60 +122,75 @@ class BatchedTracker:
             "object_score_logits": out["object_score_logits"],
         }
 
-    def track(self, images: list[torch.Tensor], masks: torch.Tensor) -> Iterator[torch.Tensor]:
-        """images: T preprocessed frames (3, S, S); masks: (N, H, W) bool prompts on frame 0.
-        Yields (N, 1, S/4, S/4) low-resolution mask logits for frames 0..T-1."""
+    def track(
+        self, images: torch.Tensor, masks: torch.Tensor, stages: Stages | None = None
+    ) -> Iterator[torch.Tensor]:
+        """images: (T, 3, S, S) preprocessed frames; masks: (N, H, W) bool prompts on frame 0.
+        Yields (N, 1, S/4, S/4) low-resolution mask logits for frames 0..T-1; `stages` gets
+        the encoder's and the tracking steps' time."""
+        stages = stages or Stages()
+        state = TrackState(num_frames=images.shape[0])
+        encoded = self.encode(images)
+        for t in range(state.num_frames):
+            with stages.time("encode"):
+                feats, pos, sizes = self._features(next(encoded), masks.shape[0])
+            with stages.time("propagate"):
+                pred = (
+                    self._prompt(state, feats, pos, sizes, masks)
+                    if t == 0
+                    else self._step(state, t, feats, pos, sizes)
+                )
+            yield pred
+
+    def _track_step(self, state: TrackState, t: int, feats, pos, sizes, prompt: torch.Tensor | None) -> dict:
+        # The prompted frame runs without the memory encoder (it runs in _prompt, as the
+        # predictor's preflight does); every later frame runs it inside track_step.
+        return self.model.track_step(
+            frame_idx=t,
+            is_init_cond_frame=prompt is not None,
+            current_vision_feats=feats,
+            current_vision_pos_embeds=pos,
+            feat_sizes=sizes,
+            point_inputs=None,
+            mask_inputs=prompt,
+            output_dict=state.output_dict(),
+            num_frames=state.num_frames,
+            track_in_reverse=False,
+            run_mem_encoder=prompt is None,
+            prev_sam_mask_logits=None,
+        )
+
+    def _prompt(self, state: TrackState, feats, pos, sizes, masks: torch.Tensor) -> torch.Tensor:
+        """Frame 0: the mask prompts, then the memory encoder with is_mask_from_pts."""
+        model, size = self.model, self.model.image_size
+        prompt = masks[:, None].float().to(self._device())
+        if prompt.shape[-2:] != (size, size):
+            prompt = F.interpolate(
+                prompt, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
+            prompt = (prompt >= 0.5).float()
+        out = self._track_step(state, 0, feats, pos, sizes, prompt)
+        high_res = F.interpolate(out["pred_masks"], size=(size, size), mode="bilinear", align_corners=False)
+        maskmem, pos_enc = model._encode_new_memory(
+            current_vision_feats=feats,
+            feat_sizes=sizes,
+            pred_masks_high_res=high_res,
+            object_score_logits=out["object_score_logits"],
+            is_mask_from_pts=True,
+        )
+        state.cond[0] = self._compact(state, out, maskmem, pos_enc)
+        return out["pred_masks"]
+
+    def _step(self, state: TrackState, t: int, feats, pos, sizes) -> torch.Tensor:
+        """Frames 1..T-1: memory attention over the window's memory, decoder, memory encoder."""
         from sam2.utils.misc import fill_holes_in_mask_scores
 
-        model, n, size = self.model, masks.shape[0], self.model.image_size
-        state = TrackState(num_frames=len(images))
-        device = self._device()
-
-        def step(t: int, feats, pos, sizes, prompt: torch.Tensor | None) -> dict:
-            # The prompted frame runs without the memory encoder (it runs below, as the
-            # predictor's preflight does); every later frame runs it inside track_step.
-            return model.track_step(
-                frame_idx=t,
-                is_init_cond_frame=prompt is not None,
-                current_vision_feats=feats,
-                current_vision_pos_embeds=pos,
-                feat_sizes=sizes,
-                point_inputs=None,
-                mask_inputs=prompt,
-                output_dict=state.output_dict(),
-                num_frames=state.num_frames,
-                track_in_reverse=False,
-                run_mem_encoder=prompt is None,
-                prev_sam_mask_logits=None,
-            )
-
-        for t, image in enumerate(images):
-            feats, pos, sizes = self._features(image, n)
-            if t == 0:
-                prompt = masks[:, None].float().to(device)
-                if prompt.shape[-2:] != (size, size):
-                    prompt = F.interpolate(
-                        prompt, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-                    )
-                    prompt = (prompt >= 0.5).float()
-                out = step(t, feats, pos, sizes, prompt)
-                high_res = F.interpolate(
-                    out["pred_masks"], size=(size, size), mode="bilinear", align_corners=False
-                )
-                maskmem, pos_enc = model._encode_new_memory(
-                    current_vision_feats=feats,
-                    feat_sizes=sizes,
-                    pred_masks_high_res=high_res,
-                    object_score_logits=out["object_score_logits"],
-                    is_mask_from_pts=True,
-                )
-                state.cond[0] = self._compact(state, out, maskmem, pos_enc)
-                pred = out["pred_masks"]
-            else:
-                out = step(t, feats, pos, sizes, None)
-                pred = out["pred_masks"]
-                if model.fill_hole_area > 0:
-                    pred = fill_holes_in_mask_scores(pred, model.fill_hole_area)
-                out["pred_masks"] = pred
-                state.non_cond[t] = self._compact(state, out, out["maskmem_features"], out["maskmem_pos_enc"])
-            yield pred
+        out = self._track_step(state, t, feats, pos, sizes, None)
+        pred = out["pred_masks"]
+        if self.model.fill_hole_area > 0:
+            pred = fill_holes_in_mask_scores(pred, self.model.fill_hole_area)
+        out["pred_masks"] = pred
+        state.non_cond[t] = self._compact(state, out, out["maskmem_features"], out["maskmem_pos_enc"])
+        if self.memory_frames is not None:  # frame t+1 reads t-k+1..t; frame 0 (the prompt) stays
+            state.non_cond.pop(t - self.memory_frames, None)
+        return pred

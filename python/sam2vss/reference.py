@@ -25,6 +25,8 @@ from PIL import Image
 from sam2vss import model as sam2_model
 from sam2vss.config import RefineConfig
 from sam2vss.model import ModelConfig
+from sam2vss.sources import to_rgb
+from sam2vss.stages import Stages
 from sam2vss.vote import aggregate, aggregate_logits, decide, id_histogram, paint, paint_order, vote_histogram
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 class Window:
     """The inputs of one window (T frames)."""
 
-    frames: list[np.ndarray]  # (H, W, 3) uint8 RGB each
+    frames: torch.Tensor  # (T, 3, H, W) uint8 RGB, on the device it was decoded to
     labels: list[np.ndarray]  # base prediction S_t, (h, w) uint8 each (the output resolution)
     paths: list[Path] | None  # the frames' image files, when they come from a folder
     instances: np.ndarray | None  # (h, w) instance ids of the first frame (masks="instances")
@@ -64,10 +66,13 @@ def _resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 class ReferenceRefiner:
     """Refines one video at a time; construct once (it builds the model once)."""
 
+    frames_device = torch.device("cpu")  # where windows are decoded to: the official classes take host frames
+
     def __init__(self, cfg: RefineConfig, model_cfg: ModelConfig | None = None):
         self.cfg = cfg
         self.predictor = None
         self.generator = None
+        self.stages = Stages()
         if cfg.masks != "superpixel":
             model_cfg = model_cfg or ModelConfig()
             self.device = sam2_model.resolve_device(model_cfg.device)
@@ -92,7 +97,7 @@ class ReferenceRefiner:
             masks = [ids == k for k in np.unique(ids) if k != 0]
         else:
             with torch.inference_mode(), sam2_model.autocast(self.device):
-                records = self.generator.generate(window.frames[0])
+                records = self.generator.generate(to_rgb(window.frames[:1])[0])
             masks = [r["segmentation"] for r in records if r["area"] > 0]
         areas = torch.tensor([int(m.sum()) for m in masks], dtype=torch.int64)
         return masks, areas
@@ -107,7 +112,7 @@ class ReferenceRefiner:
         image_embed): I-SAM2 reuses them instead of a second encoder pass."""
         out_hw = window.labels[0].shape
         with tempfile.TemporaryDirectory(prefix="sam2vss_window_") as tmp:
-            for t, frame in enumerate(window.frames):
+            for t, frame in enumerate(to_rgb(window.frames)):
                 dst = Path(tmp) / f"{t:05d}.jpg"
                 if window.paths is not None and window.paths[t].suffix.lower() in (".jpg", ".jpeg"):
                     dst.symlink_to(window.paths[t].resolve())
@@ -138,7 +143,7 @@ class ReferenceRefiner:
         labels = [torch.from_numpy(s) for s in window.labels]
         if cfg.masks == "superpixel":
             out = []
-            for frame, s in zip(window.frames, labels, strict=True):
+            for frame, s in zip(to_rgb(window.frames), labels, strict=True):
                 seg = torch.from_numpy(superpixels(_resize_image(frame, tuple(s.shape)), cfg))
                 n = int(seg.max()) + 1
                 out.append(paint(seg, decide(id_histogram(seg, s, n, c)), s).numpy())

@@ -16,19 +16,21 @@ import os
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from sam2vss import envs
 from sam2vss.config import RefineConfig
-from sam2vss.data import DataError, Dataset, list_frames, match_frames, read_label_png
+from sam2vss.data import IMAGE_SUFFIXES, DataError, Dataset, list_frames, match_frames, read_label_png
 from sam2vss.engine import make_refiner
 from sam2vss.model import ModelConfig
 from sam2vss.reference import ReferenceRefiner, Window
 from sam2vss.sinks import write_json, write_label_png
-from sam2vss.sources import FrameFolder, VideoFile
+from sam2vss.sources import Prefetcher, open_source
 
 log = logging.getLogger(__name__)
 
@@ -38,41 +40,45 @@ class VideoJob:
     """One unit of work: a video's frames, its base predictions, and where outputs go."""
 
     name: str
-    source: FrameFolder | VideoFile
+    video: Path  # a frame folder (VSPW origin/) or a video file
     label_dir: Path  # base predictions S, one PNG per frame
     label_names: tuple[str, ...]
     instance_dir: Path | None = None
     error: str | None = None  # set when the inputs failed validation: reported, never run
+    decoder: str = "auto"  # sources.DECODERS; frame-exact, so not part of the configuration hash
 
 
-def dataset_jobs(dataset: Dataset, pred_dir: Path, split: str) -> list[VideoJob]:
+def dataset_jobs(dataset: Dataset, pred_dir: Path, split: str, decoder: str = "auto") -> list[VideoJob]:
     """One job per video of the split; a video whose inputs are invalid becomes a job that only
     reports its error, so it never stops the others."""
     jobs = []
     for video in dataset.videos(split):
-        source = FrameFolder(dataset.image_dir(video))
+        folder = dataset.image_dir(video)
         try:
-            names = [n + ".png" for n in source.names]
+            names = [Path(n).stem + ".png" for n in list_frames(folder, IMAGE_SUFFIXES, "frame folder")]
             labels = tuple(match_frames(names, Path(pred_dir) / video, video))
         except DataError as e:
-            jobs.append(VideoJob(video, source, Path(pred_dir) / video, (), error=str(e)))
+            jobs.append(VideoJob(video, folder, Path(pred_dir) / video, (), error=str(e), decoder=decoder))
             continue
         inst = dataset.instance_dir(video)
-        jobs.append(VideoJob(video, source, Path(pred_dir) / video, labels, inst if inst.is_dir() else None))
+        inst = inst if inst.is_dir() else None
+        jobs.append(VideoJob(video, folder, Path(pred_dir) / video, labels, inst, decoder=decoder))
     return jobs
 
 
-def video_job(video: Path, labels: Path) -> VideoJob:
+def video_job(video: Path, labels: Path, decoder: str = "auto") -> VideoJob:
     from sam2vss.data import open_video_with_labels
 
     pair = open_video_with_labels(video, labels)
-    return VideoJob(pair.name, VideoFile(pair.video), pair.labels, pair.frames)
+    return VideoJob(pair.name, pair.video, pair.labels, pair.frames, decoder=decoder)
 
 
 def refine_config_hash(cfg: RefineConfig, model_cfg: ModelConfig | None, pipeline: str = "reference") -> str:
     """What changes the outputs: the refiner config, the pipeline and, for SAM2 masklets, the model
     and weights (the fast pipeline agrees with the reference on >= 99.9% of pixels, not all)."""
-    parts: dict = {"refine": asdict(cfg), "pipeline": pipeline if cfg.masks != "superpixel" else "reference"}
+    if pipeline == "reference" or cfg.masks == "superpixel":  # the preset only acts in the fast pipeline
+        cfg, pipeline = replace(cfg, preset="exact"), "reference"
+    parts: dict = {"refine": asdict(cfg), "pipeline": pipeline}
     if cfg.masks != "superpixel" and model_cfg is not None:
         m = asdict(model_cfg)
         m.pop("device")
@@ -126,33 +132,67 @@ def output_digest(job: VideoJob, out: Path) -> str:
     return h.hexdigest()
 
 
-def _windows(job: VideoJob, window: int) -> Iterator[tuple[int, Window]]:
+def _windows(job: VideoJob, window: int, device: str | torch.device = "cpu") -> Iterator[tuple[int, Window]]:
+    """The job's windows in order: frames decoded by its source (onto `device` where the backend
+    can), base predictions and, for masks="instances", the first frame's instance ids."""
     names = list(job.label_names)
-    paths = job.source.paths
-    if paths is not None and len(paths) != len(names):
-        raise DataError(f"{job.name}: {len(paths)} frames but {len(names)} base predictions")
-    frames = job.source.frames()
-    inst_names = list_frames(job.instance_dir) if job.instance_dir is not None else []
-    for start in range(0, len(names), window):
-        stop = min(start + window, len(names))
-        imgs = [next(frames) for _ in range(start, stop)]
-        labels = [read_label_png(job.label_dir / n) for n in names[start:stop]]
-        inst = read_label_png(job.instance_dir / inst_names[start]) if len(inst_names) == len(names) else None
-        yield start, Window(imgs, labels, None if paths is None else paths[start:stop], inst)
+    with open_source(job.video, job.decoder, device) as source:
+        if len(source) != len(names):
+            raise DataError(
+                f"{job.name}: {job.video} holds {len(source)} frames but {job.label_dir} holds"
+                f" {len(names)} base predictions; there must be one label PNG per frame"
+            )
+        inst_names = list_frames(job.instance_dir) if job.instance_dir is not None else []
+        for start, frames in zip(range(0, len(names), window), source.windows(window), strict=True):
+            stop = start + frames.shape[0]
+            labels = [read_label_png(job.label_dir / n) for n in names[start:stop]]
+            inst = None
+            if len(inst_names) == len(names):
+                inst = read_label_png(job.instance_dir / inst_names[start])
+            paths = None if source.paths is None else source.paths[start:stop]
+            yield start, Window(frames, labels, paths, inst)
 
 
 def refine_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, num_classes: int, bar: tqdm) -> int:
-    """Refine one video into OUT/<video>/; returns its frame count."""
+    """Refine one video into OUT/<video>/; returns its frame count.
+
+    The loop: decode (a background thread, one window ahead) -> refine_window -> write (a thread
+    pool, PNG encoding overlapping the next window's compute). `refiner.stages` gets the time the
+    compute thread waited for decode ("decode wait") and for the writers ("write wait")."""
     written = 0
-    for start, window in _windows(job, refiner.cfg.window):
-        for t, refined in enumerate(refiner.refine_window(window)):
-            if refined.max(initial=0) >= num_classes:
-                raise RuntimeError(f"refined labels out of range in {job.name} frame {start + t}")
-            write_label_png(out / job.name / (Path(job.label_names[start + t]).stem + ".png"), refined)
-            written += 1
-            bar.update()
-            _fault_hook()
+    windows = Prefetcher(_windows(job, refiner.cfg.window, refiner.frames_device))
+    writes: list[Future] = []
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam2vss-write")
+    try:
+        for start, window in windows:
+            for t, refined in enumerate(refiner.refine_window(window)):
+                if refined.max(initial=0) >= num_classes:
+                    raise RuntimeError(f"refined labels out of range in {job.name} frame {start + t}")
+                path = out / job.name / (Path(job.label_names[start + t]).stem + ".png")
+                writes.append(pool.submit(write_label_png, path, refined))
+            t0 = time.perf_counter()
+            written += _drain(writes, keep=refiner.cfg.window, bar=bar)
+            refiner.stages.add("write wait", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        written += _drain(writes, keep=0, bar=bar)
+        refiner.stages.add("write wait", time.perf_counter() - t0)
+    finally:
+        windows.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        refiner.stages.add("decode wait", windows.wait_s)
     return written
+
+
+def _drain(writes: list[Future], keep: int, bar: tqdm) -> int:
+    """Wait for all but the newest `keep` writes (bounding memory at about one window of labels);
+    each finished frame advances the bar and the fault hook."""
+    n = 0
+    while len(writes) > keep:
+        writes.pop(0).result()  # re-raises a write error here, in the compute thread
+        n += 1
+        bar.update()
+        _fault_hook()
+    return n
 
 
 _frames_written = 0
@@ -181,6 +221,7 @@ def process_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, retries: 
     for attempt in range(1 + retries):
         bar = tqdm(total=len(job.label_names), desc=job.name, unit="frame", disable=not progress, leave=False)
         t0 = time.perf_counter()
+        refiner.stages.reset()
         try:
             n = refine_video(refiner, job, out, refiner.cfg.num_classes, bar)
         except Exception as e:  # one bad video never takes down the batch
@@ -197,6 +238,9 @@ def process_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, retries: 
             "fps": round(n / dt, 3),
             "attempts": attempt + 1,
             "sha256": output_digest(job, out),
+            # per-frame stage times; "decode wait" and "write wait" are the compute thread blocked
+            "stages_ms_per_frame": refiner.stages.per_frame_ms(n),
+            "decode_wait_share": round(refiner.stages.share("decode wait", dt), 4),
         }
     return {"status": "failed", "error": errors[-1][0], "traceback": errors[-1][1], "attempts": len(errors)}
 

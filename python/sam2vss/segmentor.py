@@ -34,7 +34,7 @@ from sam2vss.labels import IGNORE
 from sam2vss.model import ModelConfig
 from sam2vss.reference import ReferenceRefiner, Window
 from sam2vss.sinks import atomic_write, write_label_png
-from sam2vss.sources import FrameFolder
+from sam2vss.sources import open_source, to_rgb
 from sam2vss.vote import aggregate, paint_order
 
 log = logging.getLogger(__name__)
@@ -151,39 +151,44 @@ def _masklet_frames(
 
     With SAM2 masklets and SAM2 features, the features are the ones the predictor computed while
     tracking (no second encoder pass)."""
-    source = FrameFolder(dataset.image_dir(video))
-    names = source.names
-    frames = source.frames()
+    with open_source(dataset.image_dir(video), "frames") as source:
+        names = source.names
+        step = cfg.window if cfg.masklets == "sam2" else 1
+        for start, frames in zip(range(0, len(names), step), source.windows(step), strict=True):
+            yield from _window_masklets(cfg, refiner, dataset, video, source, start, frames)
+
+
+def _window_masklets(cfg, refiner, dataset, video, source, start: int, frames: torch.Tensor):
+    """The (name, RGB frame, masklets, shared features) of one window of frames."""
+    names = source.names[start : start + frames.shape[0]]
+    imgs = to_rgb(frames)
     if cfg.masklets == "sam2":
         share = cfg.features == "sam2"
-        for start in range(0, len(names), cfg.window):
-            imgs = [next(frames) for _ in names[start : start + cfg.window]]
-            blank = [np.zeros(imgs[0].shape[:2], np.uint8)] * len(imgs)
-            window = Window(imgs, blank, source.paths[start : start + cfg.window], None)
-            masks0, _ = refiner._keyframe_masks(window)
-            if not masks0:
-                for name, img in zip(names[start : start + cfg.window], imgs, strict=True):
-                    yield name, img, torch.zeros((0, *img.shape[:2]), dtype=torch.bool), None
-                continue
-            outputs = refiner._propagate(window, masks0, with_features=share)
-            for name, img, o in zip(names[start : start + cfg.window], imgs, outputs, strict=True):
-                logits, feats = o if share else (o, None)
-                yield name, img, logits > 0, feats
+        blank = [np.zeros(imgs[0].shape[:2], np.uint8)] * len(imgs)
+        window = Window(frames, blank, source.paths[start : start + len(imgs)], None)
+        masks0, _ = refiner._keyframe_masks(window)
+        if not masks0:
+            for name, img in zip(names, imgs, strict=True):
+                yield name, img, torch.zeros((0, *img.shape[:2]), dtype=torch.bool), None
+            return
+        outputs = refiner._propagate(window, masks0, with_features=share)
+        for name, img, o in zip(names, imgs, outputs, strict=True):
+            logits, feats = o if share else (o, None)
+            yield name, img, logits > 0, feats
         return
     inst_dir = dataset.instance_dir(video)
-    inst_names = list_frames(inst_dir) if cfg.masklets == "instances" else []
-    for t, (name, img) in enumerate(zip(names, frames, strict=True)):
-        if cfg.masklets == "instances":
-            ids = torch.from_numpy(read_label_png(inst_dir / inst_names[t]).astype(np.int64))
-            present = [k for k in ids.unique().tolist() if k != 0]
-            masks = ids[None] == torch.tensor(present, dtype=torch.int64)[:, None, None]
-        else:
-            from sam2vss.reference import superpixels
+    (name,), (img,) = names, imgs
+    if cfg.masklets == "instances":
+        ids = torch.from_numpy(read_label_png(inst_dir / list_frames(inst_dir)[start]).astype(np.int64))
+        present = [k for k in ids.unique().tolist() if k != 0]
+        masks = ids[None] == torch.tensor(present, dtype=torch.int64)[:, None, None]
+    else:
+        from sam2vss.reference import superpixels
 
-            seg_cfg = RefineConfig(masks="superpixel", vote_scope="frame")
-            seg = torch.from_numpy(superpixels(img, seg_cfg).astype(np.int64))
-            masks = seg[None] == torch.arange(int(seg.max()) + 1)[:, None, None]
-        yield name, img, masks, None
+        seg_cfg = RefineConfig(masks="superpixel", vote_scope="frame")
+        seg = torch.from_numpy(superpixels(img, seg_cfg).astype(np.int64))
+        masks = seg[None] == torch.arange(int(seg.max()) + 1)[:, None, None]
+    yield name, img, masks, None
 
 
 def _refiner(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> ReferenceRefiner | None:
