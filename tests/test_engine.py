@@ -4,13 +4,16 @@ prompted from the synthetic instance masks so their number is realistic)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from sam2vss.config import RefineConfig, SynthConfig
+from sam2vss.config import PRESETS, EngineConfig, RefineConfig, SynthConfig
 from sam2vss.data import open_dataset, read_label_png
+from sam2vss.engine import FastRefiner
 from sam2vss.model import ModelConfig
 from sam2vss.propagate import BatchedTracker, preprocess
 from sam2vss.reference import ReferenceRefiner
@@ -101,36 +104,98 @@ def test_zero_masklets_and_one_frame_video(tmp_path):
 
 
 def test_bench_compares_pipelines(tmp_path, capsys):
+    import json
+
     from sam2vss.cli import main
 
-    args = [
-        "bench",
-        "-q",
-        "--frames",
-        "3",
-        "--masklets",
-        "3",
-        "--window",
-        "1,3",
-        "--height",
-        "48",
-        "--width",
-        "64",
-        "--compare-reference",
+    args = "bench -q --frames 3 --masklets 3 --window 1,3 --height 48 --width 64 --compare-reference"
+    args += " --preset exact,fastest"
+    paths = [
         "--json",
         str(tmp_path / "b.json"),
+        "--plot",
+        str(tmp_path / "b.png"),
         "--data-dir",
         str(tmp_path),
     ]
-    assert main(args) == 0
-    import json
-
+    assert main(args.split() + paths) == 0
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert [(r["pipeline"], r["window"]) for r in rows] == [
-        ("fast", 1),
-        ("reference", 1),
-        ("fast", 3),
-        ("reference", 3),
+    assert [(r["pipeline"], r["preset"], r["window"]) for r in rows] == [
+        ("reference", "-", 1),
+        ("fast", "exact", 1),
+        ("fast", "fastest", 1),
+        ("reference", "-", 3),
+        ("fast", "exact", 3),
+        ("fast", "fastest", 3),
     ]
-    assert all(r["agreement"] >= AGREEMENT and r["fps"] > 0 for r in rows)
-    assert "encode+propagate" in rows[0]["stages_ms"] and "frames/s" in capsys.readouterr().out
+    fast = [r for r in rows if r["pipeline"] == "fast"]
+    assert all(
+        r["fps"] > 0 and r["floor_ms"] > 0 and r["model_gflop_per_frame"] > 0 for r in rows if r in fast
+    )
+    assert all(r["agreement"] >= AGREEMENT for r in fast if r["preset"] == "exact")
+    assert {"decode wait", "encode", "propagate", "aggregate+vote", "write wait"} <= set(fast[0]["stages_ms"])
+    out = capsys.readouterr().out
+    assert "matmul ceiling" in out and "frames/s" in out
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_device_preprocessing_keeps_agreement(clip, tmp_path, monkeypatch):
+    """The fused device preprocessing (one uint8 level from Pillow's) against the reference."""
+    monkeypatch.setitem(PRESETS, "device_preprocess", EngineConfig(preprocess="device"))
+    ds, pred = clip
+    jobs = dataset_jobs(ds, pred, "val")
+    cfg = RefineConfig(masks="instances", window=7)
+    refine_jobs(jobs, tmp_path / "ref", cfg, MODEL, progress=False)
+    fast = replace(cfg, preset="device_preprocess")
+    refine_jobs(jobs, tmp_path / "fast", fast, MODEL, progress=False, pipeline="fast")
+    agreement, pixels = _agreement(tmp_path / "ref", tmp_path / "fast")
+    print(f"device preprocessing vs reference label agreement: {100 * agreement:.4f}% of {pixels} pixels")
+    assert agreement >= AGREEMENT
+
+
+def _window_and_masks(clip, refiner):
+    ds, pred = clip
+    window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
+    masks, _ = refiner.detect(window)
+    return refiner.preprocess(window.frames), torch.from_numpy(np.stack(masks))
+
+
+def test_memory_frames_bound_the_state_and_cover_the_model(clip):
+    """memory_frames=6 keeps exactly what SAM2 reads within a 7-frame window (6 memory frames,
+    the prompt, pointers of all earlier frames): equal logits; memory_frames=2 keeps 2 frames."""
+    exact = FastRefiner(RefineConfig(masks="instances", window=7), MODEL)
+    images, masks = _window_and_masks(clip, exact)
+    with torch.inference_mode():
+        ref = list(exact.tracker.track(images, masks))
+        bounded = BatchedTracker(exact.predictor, memory_frames=6)
+        assert all(torch.equal(a, b) for a, b in zip(ref, bounded.track(images, masks), strict=True))
+        small = BatchedTracker(exact.predictor, memory_frames=2)
+        sizes = []
+        original = small._step
+
+        def spy(state, *args):
+            out = original(state, *args)
+            sizes.append(len(state.non_cond))
+            return out
+
+        small._step = spy
+        list(small.track(images, masks))
+    assert sizes == [1, 2, 2, 2, 2, 2]
+
+
+def test_presets_cap_masklets_and_shrink_tracking(clip):
+    fastest = FastRefiner(RefineConfig(masks="instances", window=7, preset="fastest"), MODEL)
+    assert fastest.tracker.model.image_size == PRESETS["fastest"].track_size(256) == 128
+    assert fastest.tracker.memory_frames == PRESETS["fastest"].memory_frames
+    ds, pred = clip
+    window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
+    all_masks, all_areas = fastest._keyframe_masks(window)
+    fastest.engine = replace(fastest.engine, max_masklets=2)
+    masks, areas = fastest.detect(window)
+    assert len(all_masks) > 2 and len(masks) == 2
+    assert sorted(areas.tolist()) == sorted(all_areas.tolist())[-2:]
+    with torch.inference_mode():
+        (first, *_) = fastest.tracker.track(
+            fastest.preprocess(window.frames), torch.from_numpy(np.stack(masks))
+        )
+    assert first.shape == (2, 1, 32, 32)  # 128 / 4

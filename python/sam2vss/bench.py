@@ -1,12 +1,14 @@
-"""`sam2vss bench`: frames/s of the refiner pipelines on a synthetic clip, per window size.
+"""`sam2vss bench`: the refiner end to end on a synthetic clip, per window size and preset, with
+its quality (label agreement with the reference, measured in the same run), its floor (the model
+stages alone) and its ceiling (the machine's matrix-multiply FLOP/s).
 
-A clip with a realistic number of masklets (prompted from its instance masks, so random weights
-work) is refined by the fast pipeline and, with --compare-reference, by the reference in the same
-run; each row reports frames/s, ms/frame p50 and p99 over windows, the fast pipeline's stage
-breakdown, peak resident memory and the label agreement with the reference. Warm-up: one
-window is run and discarded first. On a GPU stages are synchronised before being timed.
-Still missing (the fast-engine issue): the model-stage floor, a matmul ceiling, presets,
-compiled backends and the plot.
+Each row is one full `refine` loop over the clip (decode on a background thread, refine, PNG
+writes on a pool) after one warm-up window: frames/s, ms/frame p50 and p99 over windows, the stage
+breakdown (decode wait, detect, preprocess, encode, propagate, aggregate+vote, write wait), peak
+memory, agreement with the reference's labels, the engine's time over the model-stage floor, and
+the model FLOP/s achieved (FLOPs counted once by torch's FlopCounterMode) over the measured matmul
+ceiling. Masklets are prompted from the clip's instance masks so that random weights give a
+realistic number of them. On a GPU each stage is synchronised before it is timed.
 """
 
 from __future__ import annotations
@@ -15,37 +17,134 @@ import os
 import platform
 import resource
 import statistics
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from sam2vss import model as sam2_model
 from sam2vss.config import RefineConfig, SynthConfig
-from sam2vss.data import open_dataset
+from sam2vss.data import open_dataset, read_label_png
 from sam2vss.engine import FastRefiner
 from sam2vss.model import ModelConfig
 from sam2vss.reference import ReferenceRefiner
-from sam2vss.refine import _windows, dataset_jobs
+from sam2vss.refine import VideoJob, _windows, dataset_jobs, output_names, refine_video
 
 
 @dataclass
 class Row:
-    pipeline: str
+    pipeline: str  # reference | fast
+    preset: str  # the fast pipeline's preset ("-" for the reference)
     window: int
     frames: int
     fps: float
-    p50_ms: float
+    p50_ms: float  # ms/frame over windows
     p99_ms: float
-    stages_ms: dict[str, float]
-    peak_rss_mib: float
-    agreement: float | None = None
+    stages_ms: dict[str, float]  # per frame
+    peak_mem_mib: float  # resident set (CPU) or CUDA allocator peak (GPU)
+    agreement: float | None = None  # share of pixels equal to the reference's labels
+    floor_ms: float | None = None  # model stages alone (encoder + batched tracking), ms/frame
+    over_floor: float | None = None  # engine ms/frame / floor ms/frame
+    model_gflop_per_frame: float | None = None
+    achieved_gflops: float | None = None  # model FLOPs x frames/s
+    ceiling_share: float | None = None  # achieved / matmul ceiling
 
 
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def matmul_ceiling(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a square matmul in the engine's compute dtype (fp32 on CPU, bf16 on CUDA): the
+    best of `repeats` after a warm-up."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        _sync()
+        t0 = time.perf_counter()
+        a @ b
+        _sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def model_floor(refiner: FastRefiner, job: VideoJob, window: int) -> tuple[float, float]:
+    """(seconds per frame, FLOPs per frame) of the model stages alone: the image encoder on every
+    frame and one batched tracking step per frame, on preprocessed inputs and keyframe masks
+    prepared beforehand (untimed). FLOPs are counted on the first window, outside the timing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = []
+    for _, win in _windows(job, window, refiner.frames_device):
+        masks0, _ = refiner.detect(win)
+        inputs.append(
+            (refiner.preprocess(win.frames), torch.from_numpy(np.stack(masks0)) if masks0 else None)
+        )
+    seconds = frames = 0
+    with torch.inference_mode(), sam2_model.autocast(refiner.device):
+        for images, masks in inputs:
+            frames += images.shape[0]
+            if masks is None:
+                continue
+            _sync()
+            t0 = time.perf_counter()
+            for _ in refiner.tracker.track(images, masks):
+                pass
+            _sync()
+            seconds += time.perf_counter() - t0
+        images, masks = next((i, m) for i, m in inputs if m is not None)
+        with FlopCounterMode(display=False) as counter:
+            for _ in refiner.tracker.track(images, masks):
+                pass
+    return seconds / frames, counter.get_total_flops() / images.shape[0]
+
+
+def _peak_mem_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _run(refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset: str) -> Row:
+    """A 2-frame warm-up window (lazy initialisation, allocator), then the whole clip through the
+    refine loop."""
+    first = next(iter(_windows(job, refiner.cfg.window, refiner.frames_device)))[1]
+    refiner.refine_window(replace(first, frames=first.frames[:2], labels=first.labels[:2]))
+    refiner.stages.reset()
+    if refiner.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(refiner.device)
+    t0 = time.perf_counter()
+    n = refine_video(refiner, job, out, refiner.cfg.num_classes, tqdm(disable=True))
+    total = time.perf_counter() - t0
+    per_frame = [s / f for s, f in refiner.stages.windows]
+    return Row(
+        name,
+        preset,
+        refiner.cfg.window,
+        n,
+        n / total,
+        1e3 * statistics.median(per_frame),
+        1e3 * float(np.percentile(per_frame, 99)),
+        refiner.stages.per_frame_ms(n),
+        _peak_mem_mib(refiner.device),
+    )
+
+
+def agreement(job: VideoJob, a: Path, b: Path) -> float:
+    same = total = 0
+    for name in output_names(job):
+        x, y = read_label_png(a / job.name / name), read_label_png(b / job.name / name)
+        same += int((x == y).sum())
+        total += x.size
+    return same / total
 
 
 def run_bench(
@@ -59,8 +158,11 @@ def run_bench(
     compare_reference: bool,
     height: int = 480,
     width: int = 854,
+    presets: tuple[str, ...] = ("exact",),
     progress: bool = True,
-) -> list[Row]:
+) -> tuple[list[Row], float]:
+    """The rows (per window size: the reference if asked, then each preset) and the matmul
+    ceiling in FLOP/s."""
     synth = SynthConfig(
         videos=1, frames=frames, height=height, width=width, objects=masklets, train_videos=0, seed=17
     )
@@ -71,58 +173,111 @@ def run_bench(
         synthesize(root, synth, progress=progress)
     job = dataset_jobs(open_dataset(root), root / "pred_base", "val")[0]
     model_cfg = ModelConfig(name=model, checkpoint=checkpoint, image_size=image_size)
+    ceiling = matmul_ceiling(sam2_model.resolve_device(model_cfg.device))
     rows: list[Row] = []
-    for w in windows:
-        cfg = RefineConfig(masks="instances", window=w)
-        fast = FastRefiner(cfg, model_cfg, synced_stages=True)
-        ref = ReferenceRefiner(cfg, model_cfg) if compare_reference else None
-        wins = [win for _, win in _windows(job, w, fast.frames_device)]
-        fast.refine_window(wins[0])  # warm-up
-        fast.stages.reset()
-        results: dict[str, list[np.ndarray]] = {}
-        for name, refiner in (("fast", fast), ("reference", ref)):
-            if refiner is None:
-                continue
-            per_window, outs = [], []
-            for win in wins:
-                t0 = time.perf_counter()
-                outs += refiner.refine_window(win)
-                _sync()
-                per_window.append((time.perf_counter() - t0) / len(win.frames))
-            total = sum(p * len(win.frames) for p, win in zip(per_window, wins, strict=True))
-            results[name] = outs
-            rows.append(
-                Row(
-                    name,
-                    w,
-                    frames,
-                    frames / total,
-                    1e3 * statistics.median(per_window),
-                    1e3 * float(np.percentile(per_window, 99)),
-                    refiner.stages.per_frame_ms(frames),
-                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                )
-            )
-        if "reference" in results:
-            same = sum(
-                int((a == b).sum()) for a, b in zip(results["fast"], results["reference"], strict=True)
-            )
-            total_px = sum(a.size for a in results["fast"])
-            for r in rows[-2:]:
-                r.agreement = same / total_px
-    return rows
+    bar = tqdm(total=len(windows) * (len(presets) + compare_reference), desc="bench", disable=not progress)
+    with tempfile.TemporaryDirectory(prefix="sam2vss_bench_") as tmp:
+        for w in windows:
+            ref_out = Path(tmp) / f"reference_w{w}"
+            if compare_reference:
+                ref = ReferenceRefiner(RefineConfig(masks="instances", window=w), model_cfg)
+                rows.append(_run(ref, job, ref_out, "reference", "-"))
+                bar.update()
+            for preset in presets:
+                fast = FastRefiner(RefineConfig(masks="instances", window=w, preset=preset), model_cfg, True)
+                out = Path(tmp) / f"{preset}_w{w}"
+                row = _run(fast, job, out, "fast", preset)
+                floor_s, flops = model_floor(fast, job, w)
+                row.floor_ms = 1e3 * floor_s
+                row.over_floor = (1e3 / row.fps) / row.floor_ms
+                row.model_gflop_per_frame = flops / 1e9
+                row.achieved_gflops = flops * row.fps / 1e9
+                row.ceiling_share = flops * row.fps / ceiling
+                if compare_reference:
+                    row.agreement = agreement(job, ref_out, out)
+                rows.append(row)
+                bar.update()
+    bar.close()
+    return rows, ceiling
 
 
-def format_rows(rows: list[Row]) -> str:
-    cols = ("frames/s", 9), ("p50 ms", 8), ("p99 ms", 8), ("agree", 10)
-    head = f"{'pipeline':10s} {'window':>6s} " + " ".join(f"{c:>{w}s}" for c, w in cols) + "  stages ms/frame"
-    lines = [head, "-" * len(head)]
+def format_rows(rows: list[Row], ceiling: float) -> str:
+    cols = (
+        ("pipeline", 9),
+        ("preset", 8),
+        ("window", 6),
+        ("frames/s", 9),
+        ("p50 ms", 8),
+        ("p99 ms", 8),
+        ("agree", 10),
+        ("floor ms", 9),
+        ("/floor", 6),
+        ("GFLOP/s", 8),
+        ("/ceil", 6),
+    )
+    head = " ".join(f"{c:>{w}s}" for c, w in cols)
+    lines = [f"matmul ceiling {ceiling / 1e9:.1f} GFLOP/s", head, "-" * len(head)]
+
+    def opt(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
     for r in rows:
-        agree = f"{100 * r.agreement:.5f}%" if r.agreement is not None else "-"
+        cells = (
+            r.pipeline,
+            r.preset,
+            str(r.window),
+            f"{r.fps:.3f}",
+            f"{r.p50_ms:.1f}",
+            f"{r.p99_ms:.1f}",
+            "-" if r.agreement is None else f"{100 * r.agreement:.4f}%",
+            opt(r.floor_ms, ".1f"),
+            opt(r.over_floor, ".3f"),
+            opt(r.achieved_gflops, ".1f"),
+            opt(r.ceiling_share, ".1%"),
+        )
+        lines.append(" ".join(f"{c:>{w}s}" for c, (_, w) in zip(cells, cols, strict=True)))
+    lines.append("")
+    lines.append("stages, ms/frame:")
+    for r in rows:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r.stages_ms.items()) or "-"
-        timing = f"{r.fps:9.3f} {r.p50_ms:8.1f} {r.p99_ms:8.1f}"
-        lines.append(f"{r.pipeline:10s} {r.window:6d} {timing} {agree:>10s}  {stages}")
+        lines.append(f"  {r.pipeline} {r.preset} w{r.window}: {stages}")
     return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    """ms/frame (p50, with the p99 as an error bar) against the window size, one line per
+    pipeline and preset, plus the model-stage floor of each preset."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuntimeError("--plot needs matplotlib: pip install 'sam2vss[bench]'") from e
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for key in dict.fromkeys((r.pipeline, r.preset) for r in rows):
+        sel = sorted((r for r in rows if (r.pipeline, r.preset) == key), key=lambda r: r.window)
+        xs = [r.window for r in sel]
+        label = "reference" if key[0] == "reference" else f"fast {key[1]}"
+        p50 = [r.p50_ms for r in sel]
+        err = [[0] * len(sel), [max(r.p99_ms - r.p50_ms, 0) for r in sel]]
+        line = ax.errorbar(xs, p50, yerr=err, marker="o", capsize=3, label=label)
+        if sel[0].floor_ms is not None:
+            ax.plot(
+                xs, [r.floor_ms for r in sel], ls=":", color=line.lines[0].get_color(), label=f"{label} floor"
+            )
+    ax.set_xscale("log", base=2)
+    ticks = sorted({r.window for r in rows})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("window (frames)")
+    ax.set_ylabel("ms / frame (p50, bar to p99)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def environment() -> str:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sam2vss.config import DECODERS, MetricConfig, RefineConfig, SynthConfig
+from sam2vss.config import DECODERS, PRESETS, MetricConfig, RefineConfig, SynthConfig
 from sam2vss.data import DataError, open_dataset
 from sam2vss.model import ModelConfig
 
@@ -239,9 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--pipeline",
         choices=("reference", "fast"),
-        default="reference",
-        help="reference: the official SAM2 classes (default); fast: batched propagation and fused kernels,"
-        " >= 99.9%% label agreement with reference",
+        default="fast",
+        help="fast (default): batched tracking and fused kernels, the reference's labels on >= 99.9%% of"
+        " pixels with --preset exact; reference: the official SAM2 classes, the paper's way",
+    )
+    g.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default=d.preset,
+        help="the fast pipeline's speed preset (default %(default)s: the reference's labels; faster ones"
+        " trade tracking size, memory frames and masklets for speed, see the README)",
     )
     g.add_argument("--window", type=int, default=d.window, help="frames per window (default %(default)s)")
     g.add_argument("--grid", type=int, default=d.grid, help="AMG points per side (default %(default)s)")
@@ -311,7 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--window", default="32", help="comma-separated window sizes (default %(default)s)")
     b.add_argument("--height", type=int, default=480, help="default %(default)s")
     b.add_argument("--width", type=int, default=854, help="default %(default)s")
-    b.add_argument("--compare-reference", action="store_true", help="also time the reference refiner")
+    b.add_argument(
+        "--preset",
+        default="exact",
+        help=f"comma-separated fast-pipeline presets ({', '.join(PRESETS)}; default %(default)s)",
+    )
+    b.add_argument(
+        "--compare-reference",
+        action="store_true",
+        help="also run the reference refiner in the same run; rows then carry their label agreement",
+    )
+    b.add_argument("--plot", type=Path, default=None, help="write the ms/frame-per-window plot here (PNG)")
     b.add_argument("--json", type=Path, default=None, help="write the rows here")
     b.add_argument("--data-dir", type=Path, default=Path("bench_data"), help="where the clip is generated")
     b.add_argument("--checkpoint", default="none", help="SAM2 checkpoint, or none (default %(default)s)")
@@ -405,6 +422,7 @@ def cmd_refine(a: argparse.Namespace) -> int:
         num_classes=a.num_classes,
         superpixel_method=a.superpixel_method,
         superpixel_size=a.superpixel_size,
+        preset=a.preset,
     )
     model_cfg = None
     if a.masks != "superpixel":
@@ -498,11 +516,18 @@ def cmd_segment(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from sam2vss.bench import environment, format_rows, run_bench
+    from sam2vss.bench import environment, format_rows, plot, run_bench
     from sam2vss.sinks import write_json
 
     windows = [int(w) for w in a.window.split(",") if w]
-    rows = run_bench(
+    presets = tuple(p for p in a.preset.split(",") if p)
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown or not presets or not windows or min(windows) < 1:
+        raise ValueError(
+            f"--preset {a.preset!r} / --window {a.window!r}: presets must be among {', '.join(PRESETS)},"
+            " windows positive integers, e.g. --preset exact,fastest --window 8,32"
+        )
+    rows, ceiling = run_bench(
         a.data_dir,
         a.frames,
         a.masklets,
@@ -513,14 +538,20 @@ def cmd_bench(a: argparse.Namespace) -> int:
         a.compare_reference,
         a.height,
         a.width,
+        presets,
         progress=not a.quiet,
     )
     clip = f"{a.frames} frames at {a.height}x{a.width}, {a.masklets} objects"
-    print(f"{clip}, {a.model} image size {a.image_size}, {environment()}")
-    print(format_rows(rows))
+    title = f"{clip}, {a.model} image size {a.image_size}, {environment()}"
+    print(title)
+    print(format_rows(rows, ceiling))
     if a.json:
-        write_json(a.json, {"environment": environment(), "rows": [asdict(r) for r in rows]})
+        meta = {"environment": environment(), "clip": clip, "model": a.model, "image_size": a.image_size}
+        write_json(a.json, meta | {"matmul_ceiling_flops": ceiling, "rows": [asdict(r) for r in rows]})
         print(f"wrote {a.json}")
+    if a.plot:
+        plot(rows, a.plot, title)
+        print(f"wrote {a.plot}")
     return 0
 
 

@@ -49,7 +49,17 @@ class FastRefiner(ReferenceRefiner):
             self.frames_device = self.device  # decoded (or copied from pinned memory) straight to the device
             self.stages = Stages(self.device, synced=synced_stages)
 
-    def _preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+    def detect(self, window: Window) -> tuple[list[np.ndarray], torch.Tensor]:
+        """The keyframe's masklets and their areas, capped to the preset's largest N."""
+        masks0, areas = self._keyframe_masks(window)
+        cap = self.engine.max_masklets
+        if cap is not None and len(masks0) > cap:
+            keep = torch.argsort(areas, descending=True, stable=True)[:cap].sort().values
+            masks0, areas = [masks0[i] for i in keep.tolist()], areas[keep]
+        return masks0, areas
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """(T, 3, H, W) uint8 -> (T, 3, S, S) tracker input, Pillow-exact or fused on the device."""
         size = self.tracker.model.image_size
         if self.engine.preprocess == "sam2":
             return torch.stack([preprocess(f, size) for f in to_rgb(frames)])
@@ -61,19 +71,14 @@ class FastRefiner(ReferenceRefiner):
             return super().refine_window(window)
         labels = [torch.from_numpy(s) for s in window.labels]
         with st.time("detect"):
-            masks0, areas = self._keyframe_masks(window)
-        if self.engine.max_masklets is not None and len(masks0) > self.engine.max_masklets:
-            keep = (
-                torch.argsort(areas, descending=True, stable=True)[: self.engine.max_masklets].sort().values
-            )
-            masks0, areas = [masks0[i] for i in keep.tolist()], areas[keep]
+            masks0, areas = self.detect(window)
         if not masks0:
             return [s.numpy() for s in labels]
         n = len(masks0)
         rank = torch.empty(n, dtype=torch.int32)
         rank[paint_order(areas, cfg.paint_order)] = torch.arange(n, dtype=torch.int32)  # painted later wins
         with st.time("preprocess"):
-            images = self._preprocess(window.frames)
+            images = self.preprocess(window.frames)
         by_logit = cfg.paint_order == "logit"
         ids, hists, out = [], torch.zeros((n, c), dtype=torch.int64), []
         with torch.inference_mode(), sam2_model.autocast(self.device):

@@ -163,6 +163,7 @@ def refine_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, num_classe
     windows = Prefetcher(_windows(job, refiner.cfg.window, refiner.frames_device))
     writes: list[Future] = []
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam2vss-write")
+    t_window = time.perf_counter()
     try:
         for start, window in windows:
             for t, refined in enumerate(refiner.refine_window(window)):
@@ -172,7 +173,10 @@ def refine_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, num_classe
                 writes.append(pool.submit(write_label_png, path, refined))
             t0 = time.perf_counter()
             written += _drain(writes, keep=refiner.cfg.window, bar=bar)
-            refiner.stages.add("write wait", time.perf_counter() - t0)
+            now = time.perf_counter()
+            refiner.stages.add("write wait", now - t0)
+            refiner.stages.windows.append((now - t_window, len(window.labels)))
+            t_window = now
         t0 = time.perf_counter()
         written += _drain(writes, keep=0, bar=bar)
         refiner.stages.add("write wait", time.perf_counter() - t0)

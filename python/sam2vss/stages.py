@@ -20,6 +20,7 @@ class Stages:
         self.device = torch.device(device)
         self.synced = synced and self.device.type == "cuda"
         self.seconds: dict[str, float] = {}
+        self.windows: list[tuple[float, int]] = []  # (wall seconds, frames) per window, end to end
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
@@ -37,7 +38,7 @@ class Stages:
             self.add(name, time.perf_counter() - t0)
 
     def reset(self) -> None:
-        self.seconds = {}
+        self.seconds, self.windows = {}, []
 
     def per_frame_ms(self, frames: int) -> dict[str, float]:
         return {k: round(1e3 * v / max(frames, 1), 3) for k, v in self.seconds.items()}
