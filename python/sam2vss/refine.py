@@ -160,6 +160,8 @@ def refine_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, num_classe
     pool, PNG encoding overlapping the next window's compute). `refiner.stages` gets the time the
     compute thread waited for decode ("decode wait") and for the writers ("write wait")."""
     written = 0
+    for stale in (out / job.name).glob(".*.tmp"):  # left by a killed run: its writes never completed
+        stale.unlink(missing_ok=True)
     windows = Prefetcher(_windows(job, refiner.cfg.window, refiner.frames_device))
     writes: list[Future] = []
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam2vss-write")
