@@ -83,11 +83,10 @@ def model_floor(refiner: FastRefiner, job: VideoJob, window: int) -> tuple[float
     from torch.utils.flop_counter import FlopCounterMode
 
     inputs = []
-    for _, win in _windows(job, window, refiner.frames_device):
-        masks0, _ = refiner.detect(win)
-        inputs.append(
-            (refiner.preprocess(win.frames), torch.from_numpy(np.stack(masks0)) if masks0 else None)
-        )
+    with torch.inference_mode(), sam2_model.autocast(refiner.device):
+        for _, win in _windows(job, window, refiner.frames_device):
+            masks0, _ = refiner.detect(win)
+            inputs.append((refiner.preprocess(win.frames), masks0 if masks0.shape[0] else None))
     seconds = frames = 0
     with torch.inference_mode(), sam2_model.autocast(refiner.device):
         for images, masks in inputs:

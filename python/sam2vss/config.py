@@ -109,6 +109,8 @@ class EngineConfig:
     memory_frames: int | None = None  # previous frames kept for memory attention and object pointers;
     #                                   None: all of the window's (the model picks its 6 + 16 pointers)
     max_masklets: int | None = None  # track only the N largest keyframe masklets; None: all
+    low_res_stability: bool = False  # detection's stability score on the low-resolution logits
+    #                                  (amg_stats kernel, nothing upsampled) instead of full size
     encode_batch: int = 8  # frames per image-encoder call
 
     def __post_init__(self) -> None:
@@ -127,9 +129,13 @@ class EngineConfig:
 # Named speed presets of the fast pipeline, from exact to fastest.
 PRESETS = {
     "exact": EngineConfig(),
-    "fast": EngineConfig(preprocess="device", memory_frames=3),
-    "faster": EngineConfig(preprocess="device", memory_frames=3, track_scale=0.75, max_masklets=16),
-    "fastest": EngineConfig(preprocess="device", memory_frames=2, track_scale=0.5, max_masklets=12),
+    "fast": EngineConfig(preprocess="device", memory_frames=3, low_res_stability=True),
+    "faster": EngineConfig(
+        preprocess="device", memory_frames=3, track_scale=0.75, max_masklets=16, low_res_stability=True
+    ),
+    "fastest": EngineConfig(
+        preprocess="device", memory_frames=2, track_scale=0.5, max_masklets=12, low_res_stability=True
+    ),
 }
 
 

@@ -93,9 +93,14 @@ class BatchedTracker:
         # from it, as the official predictor does); k: keep the last k frames only.
         self.memory_frames = memory_frames
 
-    def encode(self, images: torch.Tensor) -> Iterator[dict]:
-        """Backbone outputs of each frame of (T, 3, S, S), computed `encode_batch` frames at once."""
-        for i in range(0, images.shape[0], self.encode_batch):
+    def encode_frame(self, image: torch.Tensor) -> dict:
+        """Backbone output of one (3, S, S) frame (the keyframe, which detection shares)."""
+        out = self.model.forward_image(image[None].to(self._device()))
+        return {key: out[key] for key in ("backbone_fpn", "vision_pos_enc")}
+
+    def encode(self, images: torch.Tensor, start: int = 0) -> Iterator[dict]:
+        """Backbone outputs of frames start.. of (T, 3, S, S), `encode_batch` frames per call."""
+        for i in range(start, images.shape[0], self.encode_batch):
             out = self.model.forward_image(images[i : i + self.encode_batch].to(self._device()))
             for k in range(out["backbone_fpn"][0].shape[0]):
                 yield {key: [f[k : k + 1] for f in out[key]] for key in ("backbone_fpn", "vision_pos_enc")}
@@ -123,17 +128,23 @@ class BatchedTracker:
         }
 
     def track(
-        self, images: torch.Tensor, masks: torch.Tensor, stages: Stages | None = None
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        stages: Stages | None = None,
+        keyframe: dict | None = None,
     ) -> Iterator[torch.Tensor]:
-        """images: (T, 3, S, S) preprocessed frames; masks: (N, H, W) bool prompts on frame 0.
+        """images: (T, 3, S, S) preprocessed frames; masks: (N, H, W) bool prompts on frame 0;
+        keyframe: frame 0's backbone output when already computed (encode_frame).
         Yields (N, 1, S/4, S/4) low-resolution mask logits for frames 0..T-1; `stages` gets
         the encoder's and the tracking steps' time."""
         stages = stages or Stages()
         state = TrackState(num_frames=images.shape[0])
-        encoded = self.encode(images)
+        encoded = self.encode(images, start=0 if keyframe is None else 1)
         for t in range(state.num_frames):
             with stages.time("encode"):
-                feats, pos, sizes = self._features(next(encoded), masks.shape[0])
+                backbone = keyframe if t == 0 and keyframe is not None else next(encoded)
+                feats, pos, sizes = self._features(backbone, masks.shape[0])
             with stages.time("propagate"):
                 pred = (
                     self._prompt(state, feats, pos, sizes, masks)

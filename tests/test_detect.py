@@ -1,0 +1,175 @@
+"""Batched detection against SAM2's official automatic mask generator on the same image features
+(random weights at image size 256, thresholds lowered so that random logits pass some and fail
+others): candidates' predicted IoU, stability, boxes and masks; the final masks in NMS order; and
+the fast pipeline's labels with AMG masklets against the reference's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sam2vss.config import RefineConfig, SynthConfig
+from sam2vss.data import open_dataset
+from sam2vss.detect import BatchedDetector, mask_boxes, point_grid
+from sam2vss.kernels import kernel_ops
+from sam2vss.model import ModelConfig, build, mask_generator
+from sam2vss.refine import dataset_jobs, refine_jobs
+from sam2vss.synth import synthesize
+
+MODEL = ModelConfig(image_size=256)
+# Random weights give flat logits; a small stability offset spreads the scores over 0.4-0.95.
+OFFSET = 0.02
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    cfg = SynthConfig(videos=1, frames=4, height=120, width=170, objects=6, train_videos=0, seed=3)
+    root = synthesize(tmp_path_factory.mktemp("detect") / "ds", cfg, progress=False)
+    image = np.array(Image.open(sorted((root / "data").glob("*/origin/*.jpg"))[0]).convert("RGB"))
+    return root, image, build(MODEL)
+
+
+def _official(model, cfg: RefineConfig):
+    return mask_generator(
+        model,
+        points_per_side=cfg.grid,
+        pred_iou_thresh=cfg.pred_iou_thresh,
+        stability_score_thresh=cfg.stability_thresh,
+        stability_score_offset=cfg.stability_offset,
+        box_nms_thresh=cfg.box_nms_thresh,
+    )
+
+
+def test_point_grid_and_boxes_are_sams():
+    from sam2.utils.amg import batched_mask_to_box, build_point_grid
+
+    for n in (1, 4, 16, 32):
+        assert np.array_equal(point_grid(n), build_point_grid(n))
+    masks = torch.zeros((4, 23, 31), dtype=torch.bool)
+    masks[1, 3:9, 5:6] = True
+    masks[2, 22, 30] = True
+    masks[3] = True
+    assert torch.equal(mask_boxes(masks), batched_mask_to_box(masks).float())
+    assert mask_boxes(masks[:0]).shape == (0, 4)
+
+
+@pytest.mark.parametrize("grid", [4, 8])
+def test_candidates_equal_the_official_generators(scene, grid):
+    """Every candidate that passes the IoU and stability filters, in the official order (point
+    major, multimask minor): predicted IoU, stability, box and mask."""
+    from sam2.utils.amg import MaskData, rle_to_mask
+
+    _, image, model = scene
+    cfg = RefineConfig(grid=grid, pred_iou_thresh=0.0, stability_thresh=0.6, stability_offset=OFFSET)
+    amg = _official(model, cfg)
+    h, w = image.shape[:2]
+    with torch.inference_mode():
+        amg.predictor.set_image(image)
+        points = amg.point_grids[0] * np.array([[w, h]])
+        theirs = MaskData()
+        for i in range(0, len(points), amg.points_per_batch):
+            theirs.cat(amg._process_batch(points[i : i + 64], (h, w), [0, 0, w, h], (h, w), normalize=True))
+        backbone = model.forward_image(amg.predictor._transforms(image)[None])
+        det = BatchedDetector(model, cfg, kernel_ops("cpu"))
+        low_res, iou, pts = det.candidates(*det.features(backbone), (h, w))
+        stability = det.stability(low_res, (h, w))
+    keep = stability >= cfg.stability_thresh
+    assert 0 < int(keep.sum()) < keep.numel(), "the threshold must keep some candidates and drop others"
+    up = torch.nn.functional.interpolate(low_res[keep][:, None], (h, w), mode="bilinear")[:, 0] > 0
+    print(f"grid {grid}: {int(keep.sum())} of {keep.numel()} candidates kept")
+    torch.testing.assert_close(iou[keep], theirs["iou_preds"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(stability[keep], theirs["stability_score"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(pts[keep], theirs["points"].float(), rtol=0, atol=1e-4)
+    assert torch.equal(mask_boxes(up), theirs["boxes"].float())
+    assert torch.equal(up, torch.from_numpy(np.stack([rle_to_mask(r) for r in theirs["rles"]])))
+
+
+@pytest.mark.parametrize("nms", [1.0, 0.7])
+def test_detection_equals_the_official_generators_output(scene, nms):
+    _, image, model = scene
+    cfg = RefineConfig(
+        grid=8, pred_iou_thresh=0.0, stability_thresh=0.6, stability_offset=OFFSET, box_nms_thresh=nms
+    )
+    amg = _official(model, cfg)
+    with torch.inference_mode():
+        records = amg.generate(image)
+        backbone = model.forward_image(amg.predictor._transforms(image)[None])
+        found = BatchedDetector(model, cfg, kernel_ops("cpu")).detect(backbone, image.shape[:2])
+    print(f"nms {nms}: {len(records)} masks")
+    assert len(records) == found.masks.shape[0] >= 1
+    for k, r in enumerate(records):
+        assert np.array_equal(r["segmentation"], found.masks[k].numpy()), f"mask {k}"
+        assert r["area"] == int(found.areas[k])
+        x, y, bw, bh = r["bbox"]
+        assert [x, y, x + bw, y + bh] == found.boxes[k].tolist()
+        assert abs(r["predicted_iou"] - float(found.iou[k])) <= 1e-5
+        assert abs(r["stability_score"] - float(found.stability[k])) <= 1e-6
+
+
+def test_low_resolution_stability_is_the_kernel(scene):
+    """The faster presets' stability: the amg_stats kernel on the logits as they are."""
+    from sam2vss.detect import amg_stats
+
+    _, image, model = scene
+    cfg = RefineConfig(grid=4, stability_offset=OFFSET)
+    amg = _official(model, cfg)
+    with torch.inference_mode():
+        backbone = model.forward_image(amg.predictor._transforms(image)[None])
+        det = BatchedDetector(model, cfg, kernel_ops("cpu"), low_res_stability=True)
+        low_res, _, _ = det.candidates(*det.features(backbone), image.shape[:2])
+        exact = BatchedDetector(model, cfg, kernel_ops("cpu")).stability(low_res, image.shape[:2])
+        fast = det.stability(low_res, image.shape[:2])
+    assert torch.equal(fast, amg_stats(low_res, 0.0, OFFSET, image.shape[:2])[0])
+    print(f"low-res vs full-size stability: max |diff| {float((fast - exact).abs().max()):.3f}")
+
+
+@pytest.mark.parametrize("nms", [1.0, 0.7])
+def test_fast_pipeline_with_amg_masklets_agrees_with_reference(scene, tmp_path, nms):
+    from sam2vss.bench import agreement
+
+    root, _, _ = scene
+    cfg = RefineConfig(
+        masks="sam2",
+        window=4,
+        grid=4,
+        pred_iou_thresh=0.0,
+        stability_thresh=0.6,
+        stability_offset=OFFSET,
+        box_nms_thresh=nms,
+    )
+    (job,) = dataset_jobs(open_dataset(root), root / "pred_base", "val")
+    ref = refine_jobs([job], tmp_path / "ref", cfg, MODEL, progress=False)
+    fast = refine_jobs([job], tmp_path / "fast", cfg, MODEL, progress=False, pipeline="fast")
+    assert ref.frames == fast.frames == 4 and not fast.failed
+    share = agreement(job, tmp_path / "ref", tmp_path / "fast")
+    print(f"AMG masklets, nms {nms}: fast vs reference label agreement {100 * share:.4f}%")
+    assert share >= 0.999
+
+
+def test_shared_keyframe_is_encoded_once(scene):
+    """Presets with device preprocessing hand the tracker's keyframe features to detection: the
+    image encoder runs once per frame; `exact` runs it once more per window (the image
+    predictor's own preprocessing) to stay equal to the reference."""
+    from sam2vss.engine import FastRefiner
+    from sam2vss.refine import _windows
+
+    root, _, _ = scene
+    (job,) = dataset_jobs(open_dataset(root), root / "pred_base", "val")
+    window = next(iter(_windows(job, 4)))[1]
+    base = dict(masks="sam2", window=4, grid=4, pred_iou_thresh=0.0, stability_thresh=0.0)
+    calls = {}
+    for preset in ("exact", "fast"):
+        refiner = FastRefiner(RefineConfig(**base, preset=preset), MODEL)
+        images = []
+        original = refiner.predictor.forward_image
+
+        def counting(x, original=original, images=images):
+            images.append(x.shape[0])
+            return original(x)
+
+        refiner.predictor.forward_image = counting
+        refiner.refine_window(window)
+        calls[preset] = sum(images)
+    assert calls == {"exact": 5, "fast": 4}
