@@ -39,6 +39,7 @@ from sam2vss.refine import VideoJob, _windows, dataset_jobs, output_names, refin
 class Row:
     pipeline: str  # reference | fast
     preset: str  # the fast pipeline's preset ("-" for the reference)
+    backend: str  # model backend ("-" for the reference)
     window: int
     frames: int
     fps: float
@@ -46,6 +47,7 @@ class Row:
     p99_ms: float
     stages_ms: dict[str, float]  # per frame
     peak_mem_mib: float  # resident set (CPU) or CUDA allocator peak (GPU)
+    warmup_s: float  # the warm-up window, compile or engine build included (not in frames/s)
     agreement: float | None = None  # share of pixels equal to the reference's labels
     floor_ms: float | None = None  # model stages alone (encoder + batched tracking), ms/frame
     over_floor: float | None = None  # engine ms/frame / floor ms/frame
@@ -100,7 +102,8 @@ def model_floor(refiner: FastRefiner, job: VideoJob, window: int) -> tuple[float
             _sync()
             seconds += time.perf_counter() - t0
         images, masks = next((i, m) for i, m in inputs if m is not None)
-        with FlopCounterMode(display=False) as counter:
+        # Compiled graphs bypass the dispatcher that counts FLOPs: count on the eager modules.
+        with FlopCounterMode(display=False) as counter, torch._dynamo.config.patch(disable=True):
             for _ in refiner.tracker.track(images, masks):
                 pass
     return seconds / frames, counter.get_total_flops() / images.shape[0]
@@ -112,11 +115,13 @@ def _peak_mem_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _run(refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset: str) -> Row:
-    """A 2-frame warm-up window (lazy initialisation, allocator), then the whole clip through the
-    refine loop."""
+def _run(refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset: str, backend: str) -> Row:
+    """A warm-up window of up to 8 frames (lazy initialisation, allocator, compilation for every
+    memory size up to SAM2's 7 memory frames), then the whole clip through the refine loop."""
     first = next(iter(_windows(job, refiner.cfg.window, refiner.frames_device)))[1]
-    refiner.refine_window(replace(first, frames=first.frames[:2], labels=first.labels[:2]))
+    t0 = time.perf_counter()
+    refiner.refine_window(replace(first, frames=first.frames[:8], labels=first.labels[:8]))
+    warmup = time.perf_counter() - t0
     refiner.stages.reset()
     if refiner.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(refiner.device)
@@ -127,6 +132,7 @@ def _run(refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset:
     return Row(
         name,
         preset,
+        backend,
         refiner.cfg.window,
         n,
         n / total,
@@ -134,6 +140,7 @@ def _run(refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset:
         1e3 * float(np.percentile(per_frame, 99)),
         refiner.stages.per_frame_ms(n),
         _peak_mem_mib(refiner.device),
+        warmup,
     )
 
 
@@ -158,6 +165,7 @@ def run_bench(
     height: int = 480,
     width: int = 854,
     presets: tuple[str, ...] = ("exact",),
+    backends: tuple[str, ...] = ("eager",),
     progress: bool = True,
 ) -> tuple[list[Row], float]:
     """The rows (per window size: the reference if asked, then each preset) and the matmul
@@ -174,18 +182,20 @@ def run_bench(
     model_cfg = ModelConfig(name=model, checkpoint=checkpoint, image_size=image_size)
     ceiling = matmul_ceiling(sam2_model.resolve_device(model_cfg.device))
     rows: list[Row] = []
-    bar = tqdm(total=len(windows) * (len(presets) + compare_reference), desc="bench", disable=not progress)
+    runs = [(p, b) for b in backends for p in presets]
+    bar = tqdm(total=len(windows) * (len(runs) + compare_reference), desc="bench", disable=not progress)
     with tempfile.TemporaryDirectory(prefix="sam2vss_bench_") as tmp:
         for w in windows:
             ref_out = Path(tmp) / f"reference_w{w}"
             if compare_reference:
                 ref = ReferenceRefiner(RefineConfig(masks="instances", window=w), model_cfg)
-                rows.append(_run(ref, job, ref_out, "reference", "-"))
+                rows.append(_run(ref, job, ref_out, "reference", "-", "-"))
                 bar.update()
-            for preset in presets:
-                fast = FastRefiner(RefineConfig(masks="instances", window=w, preset=preset), model_cfg, True)
-                out = Path(tmp) / f"{preset}_w{w}"
-                row = _run(fast, job, out, "fast", preset)
+            for preset, backend in runs:
+                cfg = RefineConfig(masks="instances", window=w, preset=preset, backend=backend)
+                fast = FastRefiner(cfg, model_cfg, synced_stages=True)
+                out = Path(tmp) / f"{preset}_{backend}_w{w}"
+                row = _run(fast, job, out, "fast", preset, backend)
                 floor_s, flops = model_floor(fast, job, w)
                 row.floor_ms = 1e3 * floor_s
                 row.over_floor = (1e3 / row.fps) / row.floor_ms
@@ -204,6 +214,7 @@ def format_rows(rows: list[Row], ceiling: float) -> str:
     cols = (
         ("pipeline", 9),
         ("preset", 8),
+        ("backend", 8),
         ("window", 6),
         ("frames/s", 9),
         ("p50 ms", 8),
@@ -224,6 +235,7 @@ def format_rows(rows: list[Row], ceiling: float) -> str:
         cells = (
             r.pipeline,
             r.preset,
+            r.backend,
             str(r.window),
             f"{r.fps:.3f}",
             f"{r.p50_ms:.1f}",
@@ -239,7 +251,9 @@ def format_rows(rows: list[Row], ceiling: float) -> str:
     lines.append("stages, ms/frame:")
     for r in rows:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r.stages_ms.items()) or "-"
-        lines.append(f"  {r.pipeline} {r.preset} w{r.window}: {stages}")
+        lines.append(
+            f"  {r.pipeline} {r.preset} {r.backend} w{r.window}: {stages}; warm-up {r.warmup_s:.1f} s"
+        )
     return "\n".join(lines)
 
 
@@ -254,10 +268,14 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     except ImportError as e:
         raise RuntimeError("--plot needs matplotlib: pip install 'sam2vss[bench]'") from e
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for key in dict.fromkeys((r.pipeline, r.preset) for r in rows):
-        sel = sorted((r for r in rows if (r.pipeline, r.preset) == key), key=lambda r: r.window)
+    for key in dict.fromkeys((r.pipeline, r.preset, r.backend) for r in rows):
+        sel = sorted((r for r in rows if (r.pipeline, r.preset, r.backend) == key), key=lambda r: r.window)
         xs = [r.window for r in sel]
-        label = "reference" if key[0] == "reference" else f"fast {key[1]}"
+        label = (
+            "reference"
+            if key[0] == "reference"
+            else f"fast {key[1]}" + ("" if key[2] == "eager" else f" {key[2]}")
+        )
         p50 = [r.p50_ms for r in sel]
         err = [[0] * len(sel), [max(r.p99_ms - r.p50_ms, 0) for r in sel]]
         line = ax.errorbar(xs, p50, yerr=err, marker="o", capsize=3, label=label)

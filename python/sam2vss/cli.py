@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sam2vss.config import DECODERS, PRESETS, MetricConfig, RefineConfig, SynthConfig
+from sam2vss.config import DECODERS, MODEL_BACKENDS, PRESETS, MetricConfig, RefineConfig, SynthConfig
 from sam2vss.data import DataError, open_dataset
 from sam2vss.model import ModelConfig
 
@@ -250,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fast pipeline's speed preset (default %(default)s: the reference's labels; faster ones"
         " trade tracking size, memory frames and masklets for speed, see the README)",
     )
+    g.add_argument(
+        "--backend",
+        choices=MODEL_BACKENDS,
+        default=d.backend,
+        help="the fast pipeline's model backend (default %(default)s; inductor: torch.compile; tensorrt:"
+        " CUDA + torch-tensorrt, engines cached in SAM2VSS_CACHE)",
+    )
     g.add_argument("--window", type=int, default=d.window, help="frames per window (default %(default)s)")
     g.add_argument("--grid", type=int, default=d.grid, help="AMG points per side (default %(default)s)")
     g.add_argument("--pred-iou-thresh", type=float, default=d.pred_iou_thresh, help="default %(default)s")
@@ -322,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="exact",
         help=f"comma-separated fast-pipeline presets ({', '.join(PRESETS)}; default %(default)s)",
+    )
+    b.add_argument(
+        "--backend",
+        default="eager",
+        help=f"comma-separated model backends ({', '.join(MODEL_BACKENDS)}; default %(default)s)",
     )
     b.add_argument(
         "--compare-reference",
@@ -423,6 +435,7 @@ def cmd_refine(a: argparse.Namespace) -> int:
         superpixel_method=a.superpixel_method,
         superpixel_size=a.superpixel_size,
         preset=a.preset,
+        backend=a.backend,
     )
     model_cfg = None
     if a.masks != "superpixel":
@@ -521,11 +534,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     windows = [int(w) for w in a.window.split(",") if w]
     presets = tuple(p for p in a.preset.split(",") if p)
-    unknown = [p for p in presets if p not in PRESETS]
-    if unknown or not presets or not windows or min(windows) < 1:
+    backends = tuple(b for b in a.backend.split(",") if b)
+    bad = [p for p in presets if p not in PRESETS] + [b for b in backends if b not in MODEL_BACKENDS]
+    if bad or not presets or not backends or not windows or min(windows) < 1:
         raise ValueError(
-            f"--preset {a.preset!r} / --window {a.window!r}: presets must be among {', '.join(PRESETS)},"
-            " windows positive integers, e.g. --preset exact,fastest --window 8,32"
+            f"--preset {a.preset!r} / --backend {a.backend!r} / --window {a.window!r}: presets among"
+            f" {', '.join(PRESETS)}, backends among {', '.join(MODEL_BACKENDS)}, windows positive integers,"
+            " e.g. --preset exact,fastest --backend eager --window 8,32"
         )
     rows, ceiling = run_bench(
         a.data_dir,
@@ -539,6 +554,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         a.height,
         a.width,
         presets,
+        backends,
         progress=not a.quiet,
     )
     clip = f"{a.frames} frames at {a.height}x{a.width}, {a.masklets} objects"

@@ -15,6 +15,8 @@ from sam2vss.labels import NUM_CLASSES
 # Frame decoders (sources.py), best first for video files; `frames` reads image folders.
 VIDEO_BACKENDS = ("torchcodec", "decord", "pyav")
 DECODERS = ("auto", "frames", *VIDEO_BACKENDS)
+# Model backends of the fast engine (backends.py).
+MODEL_BACKENDS = ("eager", "inductor", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -165,11 +167,13 @@ class RefineConfig:
     superpixel_compactness: float = 10.0  # SLIC compactness
     felzenszwalb_scale: float = 200.0  # Felzenszwalb scale (min_size = scale / 4)
     preset: str = "exact"  # the fast pipeline's speed preset (PRESETS); the reference ignores it
+    backend: str = "eager"  # the fast pipeline's model backend (MODEL_BACKENDS); eager is SAM2 as is
 
     def __post_init__(self) -> None:
         _check_choices(
             self,
             preset=tuple(PRESETS),
+            backend=MODEL_BACKENDS,
             masks=("sam2", "instances", "superpixel"),
             vote_scope=("masklet", "frame"),
             paint_order=("area", "logit", "amg"),

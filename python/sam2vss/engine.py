@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from sam2vss import model as sam2_model
+from sam2vss.backends import apply_backend
 from sam2vss.config import PRESETS, RefineConfig
 from sam2vss.detect import BatchedDetector
 from sam2vss.kernels import kernel_ops
@@ -50,6 +51,7 @@ class FastRefiner(ReferenceRefiner):
         track_model = self.predictor
         if size != self.predictor.image_size:  # same weights, smaller input: a second, cheaper tracker
             track_model = sam2_model.build(replace(model_cfg or ModelConfig(), image_size=size))
+        apply_backend(track_model, cfg.backend, model_cfg, self.engine.encode_batch)
         self.tracker = BatchedTracker(track_model, self.engine.encode_batch, self.engine.memory_frames)
         self.detector = None
         if cfg.masks == "sam2":

@@ -11,6 +11,10 @@ SAM2VSS_KERNELS: str = os.environ.get("SAM2VSS_KERNELS", "auto").strip().lower()
 # CuPy/NVRTC cache folder for compiled kernels (default: CuPy's own cache).
 SAM2VSS_KERNEL_CACHE: str | None = os.environ.get("SAM2VSS_KERNEL_CACHE") or None
 
+# Where compiled model artifacts (TensorRT engines) are cached, outside the package
+# (default ~/.cache/sam2vss); keyed by model, bucket, library versions and GPU architecture.
+SAM2VSS_CACHE: str | None = os.environ.get("SAM2VSS_CACHE") or None
+
 # Test hook for fault tolerance: the refine worker exits abruptly (like a killed process) after
 # writing this many frames. Unset in normal use.
 SAM2VSS_FAULT_EXIT_AFTER: int | None = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -52,6 +52,17 @@ class ModelConfig:
     @property
     def random_weights(self) -> bool:
         return self.checkpoint.lower() == "none"
+
+
+def model_identity(cfg: ModelConfig) -> dict:
+    """What about a model changes its outputs (not the device): name, image size, seed and the
+    checkpoint's name and size. Keys refine manifests and compiled-engine caches."""
+    m = asdict(cfg)
+    m.pop("device")
+    ckpt = Path(cfg.checkpoint)
+    if not cfg.random_weights:  # a missing file is reported by the model loader
+        m["checkpoint"] = f"{ckpt.name}:{ckpt.stat().st_size}" if ckpt.is_file() else str(ckpt)
+    return m
 
 
 def resolve_device(device: str = "auto") -> torch.device:

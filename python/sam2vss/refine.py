@@ -27,7 +27,7 @@ from sam2vss import envs
 from sam2vss.config import RefineConfig
 from sam2vss.data import IMAGE_SUFFIXES, DataError, Dataset, list_frames, match_frames, read_label_png
 from sam2vss.engine import make_refiner
-from sam2vss.model import ModelConfig
+from sam2vss.model import ModelConfig, model_identity
 from sam2vss.reference import ReferenceRefiner, Window
 from sam2vss.sinks import write_json, write_label_png
 from sam2vss.sources import Prefetcher, open_source
@@ -76,16 +76,11 @@ def video_job(video: Path, labels: Path, decoder: str = "auto") -> VideoJob:
 def refine_config_hash(cfg: RefineConfig, model_cfg: ModelConfig | None, pipeline: str = "reference") -> str:
     """What changes the outputs: the refiner config, the pipeline and, for SAM2 masklets, the model
     and weights (the fast pipeline agrees with the reference on >= 99.9% of pixels, not all)."""
-    if pipeline == "reference" or cfg.masks == "superpixel":  # the preset only acts in the fast pipeline
-        cfg, pipeline = replace(cfg, preset="exact"), "reference"
+    if pipeline == "reference" or cfg.masks == "superpixel":  # presets and backends act in the fast one
+        cfg, pipeline = replace(cfg, preset="exact", backend="eager"), "reference"
     parts: dict = {"refine": asdict(cfg), "pipeline": pipeline}
     if cfg.masks != "superpixel" and model_cfg is not None:
-        m = asdict(model_cfg)
-        m.pop("device")
-        ckpt = Path(model_cfg.checkpoint)
-        if not model_cfg.random_weights:  # a missing file is reported by the model loader
-            m["checkpoint"] = f"{ckpt.name}:{ckpt.stat().st_size}" if ckpt.is_file() else str(ckpt)
-        parts["model"] = m
+        parts["model"] = model_identity(model_cfg)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
