@@ -78,6 +78,16 @@ def matmul_ceiling(device: torch.device, n: int = 2048, repeats: int = 10) -> fl
     return 2 * n**3 / best
 
 
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+# torch's FLOP counter knows the CUDA attention kernels but not the CPU one (it counts 0 for it).
+_CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+
+
 def model_floor(refiner: FastRefiner, job: VideoJob, window: int) -> tuple[float, float]:
     """(seconds per frame, FLOPs per frame) of the model stages alone: the image encoder on every
     frame and one batched tracking step per frame, on preprocessed inputs and keyframe masks
@@ -103,7 +113,8 @@ def model_floor(refiner: FastRefiner, job: VideoJob, window: int) -> tuple[float
             seconds += time.perf_counter() - t0
         images, masks = next((i, m) for i, m in inputs if m is not None)
         # Compiled graphs bypass the dispatcher that counts FLOPs: count on the eager modules.
-        with FlopCounterMode(display=False) as counter, torch._dynamo.config.patch(disable=True):
+        counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS)
+        with counter, torch._dynamo.config.patch(disable=True):
             for _ in refiner.tracker.track(images, masks):
                 pass
     return seconds / frames, counter.get_total_flops() / images.shape[0]
@@ -164,12 +175,11 @@ def run_bench(
     compare_reference: bool,
     height: int = 480,
     width: int = 854,
-    presets: tuple[str, ...] = ("exact",),
-    backends: tuple[str, ...] = ("eager",),
+    runs: tuple[tuple[str, str], ...] = (("exact", "eager"),),
     progress: bool = True,
 ) -> tuple[list[Row], float]:
-    """The rows (per window size: the reference if asked, then each preset) and the matmul
-    ceiling in FLOP/s."""
+    """The rows (per window size: the reference if asked, then each (preset, backend) run) and
+    the matmul ceiling in FLOP/s."""
     synth = SynthConfig(
         videos=1, frames=frames, height=height, width=width, objects=masklets, train_videos=0, seed=17
     )
@@ -182,7 +192,6 @@ def run_bench(
     model_cfg = ModelConfig(name=model, checkpoint=checkpoint, image_size=image_size)
     ceiling = matmul_ceiling(sam2_model.resolve_device(model_cfg.device))
     rows: list[Row] = []
-    runs = [(p, b) for b in backends for p in presets]
     bar = tqdm(total=len(windows) * (len(runs) + compare_reference), desc="bench", disable=not progress)
     with tempfile.TemporaryDirectory(prefix="sam2vss_bench_") as tmp:
         for w in windows:

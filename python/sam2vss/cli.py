@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--preset",
         default="exact",
-        help=f"comma-separated fast-pipeline presets ({', '.join(PRESETS)}; default %(default)s)",
+        help=f"comma-separated fast-pipeline presets ({', '.join(PRESETS)}), each run with every --backend;"
+        " PRESET@BACKEND runs one pair only (default %(default)s)",
     )
     b.add_argument(
         "--backend",
@@ -533,14 +534,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from sam2vss.sinks import write_json
 
     windows = [int(w) for w in a.window.split(",") if w]
-    presets = tuple(p for p in a.preset.split(",") if p)
-    backends = tuple(b for b in a.backend.split(",") if b)
-    bad = [p for p in presets if p not in PRESETS] + [b for b in backends if b not in MODEL_BACKENDS]
-    if bad or not presets or not backends or not windows or min(windows) < 1:
+    backends = [b for b in a.backend.split(",") if b]
+    runs = []  # (preset, backend): each plain preset with each --backend; "preset@backend" alone
+    for item in (p for p in a.preset.split(",") if p):
+        preset, _, backend = item.partition("@")
+        runs += [(preset, backend)] if backend else [(preset, b) for b in backends]
+    bad = [f"{p}@{b}" for p, b in runs if p not in PRESETS or b not in MODEL_BACKENDS]
+    if bad or not runs or not windows or min(windows) < 1:
         raise ValueError(
             f"--preset {a.preset!r} / --backend {a.backend!r} / --window {a.window!r}: presets among"
             f" {', '.join(PRESETS)}, backends among {', '.join(MODEL_BACKENDS)}, windows positive integers,"
-            " e.g. --preset exact,fastest --backend eager --window 8,32"
+            " e.g. --preset exact,fastest,exact@inductor --backend eager --window 8,32"
         )
     rows, ceiling = run_bench(
         a.data_dir,
@@ -553,8 +557,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         a.compare_reference,
         a.height,
         a.width,
-        presets,
-        backends,
+        tuple(runs),
         progress=not a.quiet,
     )
     clip = f"{a.frames} frames at {a.height}x{a.width}, {a.masklets} objects"
