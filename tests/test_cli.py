@@ -64,3 +64,10 @@ def test_module_help():
         [sys.executable, "-m", "sam2vss", "--help"], capture_output=True, text=True, check=True
     )
     assert "synth" in out.stdout and "eval" in out.stdout and "demo" in out.stdout
+
+
+def test_bench_rejects_unknown_presets_and_backends(capsys):
+    assert main(["bench", "--preset", "exact@onnx"]) == 2
+    assert "backends among" in capsys.readouterr().err
+    assert main(["bench", "--preset", "quickest"]) == 2
+    assert main(["bench", "--window", "0"]) == 2

@@ -4,6 +4,7 @@ prompted from the synthetic instance masks so their number is realistic)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -87,6 +88,11 @@ def test_fast_labels_agree_with_reference(clip, tmp_path, cfg):
     agreement, pixels = _agreement(tmp_path / "ref", tmp_path / "fast")
     print(f"fast vs reference label agreement: {100 * agreement:.4f}% of {pixels} pixels")
     assert agreement >= AGREEMENT
+    entry = next(iter(json.loads((tmp_path / "fast" / "manifest.json").read_text())["videos"].values()))
+    assert {"decode wait", "encode", "propagate", "aggregate+vote", "write wait"} <= set(
+        entry["stages_ms_per_frame"]
+    )
+    assert 0 <= entry["decode_wait_share"] < 1
 
 
 def test_zero_masklets_and_one_frame_video(tmp_path):
@@ -104,7 +110,6 @@ def test_zero_masklets_and_one_frame_video(tmp_path):
 
 
 def test_bench_compares_pipelines(tmp_path, capsys):
-    import json
 
     from sam2vss.cli import main
 

@@ -298,6 +298,7 @@ def refine_jobs(
         manifest.record(name, entry)
         report.add(name, entry)
         if progress and entry["status"] == "done":
-            tqdm.write(f"{name}: {entry['frames']} frames, {entry['fps']:.2f} frames/s")
+            n, fps, wait = entry["frames"], entry["fps"], entry.get("decode_wait_share", 0.0)
+            tqdm.write(f"{name}: {n} frames, {fps:.2f} frames/s, decode wait {wait:.1%}")
     report.seconds = time.perf_counter() - t_all
     return report
