@@ -242,3 +242,23 @@ def test_sam2_loader_is_what_preprocess_reproduces(tmp_path):
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     assert torch.equal(preprocess(frame, 256), (theirs.float() - mean) / std)
+
+
+def test_frames_arrive_on_the_sources_device(tmp_path):
+    """A source returns windows on its device (here the CPU; on CUDA via pinned memory)."""
+    _encode(tmp_path / "v.mp4", 5)
+    with open_source(tmp_path / "v.mp4", "pyav", device="cpu") as src:
+        assert src.device == torch.device("cpu")
+        assert all(w.device == src.device for w in src.windows(2))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["pyav", "frames"])
+def test_cpu_decoders_feed_the_gpu(tmp_path, backend):
+    _encode(tmp_path / "v.mp4", 5)
+    for t in range(5):
+        Image.fromarray(_frame(t, 64, 96)).save(tmp_path / f"{t}.jpg")
+    path = tmp_path / "v.mp4" if backend == "pyav" else tmp_path
+    with open_source(path, backend) as cpu, open_source(path, backend, device="cuda") as gpu:
+        for a, b in zip(cpu.windows(2), gpu.windows(2), strict=True):
+            assert b.is_cuda and torch.equal(a, b.cpu())

@@ -1,16 +1,17 @@
 """Video sources: one streaming interface over torchcodec, Decord, PyAV and frame folders.
 
 A VideoSource yields a video's frames in presentation order, with an exact count, as windows of
-uint8 tensors (T, 3, H, W) on the chosen device, never the whole video at once; `prefetch` runs
-the next window's decode on a background thread (pinned host memory for the copy to a GPU) while
-the current one computes. The decision a reader must know: every backend returns the same frames
-for the same file (tests/test_sources.py compares them pairwise on generated CFR, VFR and
-B-frame videos), so the backend is a speed choice, never a results choice. On the dev machine
-the JPEG decoders agree too: torchvision's decode_jpeg equals Pillow's byte for byte.
+uint8 tensors (T, 3, H, W) on the chosen device (a CPU decoder's frames go through pinned host
+memory to a GPU), never the whole video at once; `Prefetcher` runs the next window's decode on a
+background thread while the current one computes. The decision a reader must know: every
+backend returns the same frames for the same file (tests/test_sources.py compares them pairwise
+on generated CFR, VFR and B-frame videos), so the backend is a speed choice, never a results
+choice. The JPEG decoders agree too: torchcodec's (and torchvision's) decode_jpeg equals Pillow's
+byte for byte on the dev machine.
 
 Backends, best first for `auto`: torchcodec (NVDEC when the device is cuda and torch has CUDA),
 decord (CPU context; GPU context only when the installed decord was built with CUDA), pyav (FFmpeg
-bundled, works everywhere); `frames` for folders (batched torchvision decode_jpeg, nvJPEG on cuda).
+bundled, works everywhere); `frames` for folders (batched decode_jpeg, nvJPEG on cuda).
 """
 
 from __future__ import annotations
@@ -91,11 +92,16 @@ class _Source:
         if not 0 <= start < stop <= len(self):
             raise IndexError(f"{self.path}: frames {start}..{stop - 1} requested, the video has {len(self)}")
         try:
-            return self._decode(start, stop)
+            frames = self._decode(start, stop)
         except DataError:
             raise
         except Exception as e:  # decoder libraries raise their own types; name the file
             raise DataError(f"{self.path}: cannot decode frames {start}..{stop - 1} ({e})") from e
+        if frames.device != self.device:  # a CPU decoder feeding a GPU: copy from pinned memory
+            if self.device.type == "cuda":
+                return frames.pin_memory().to(self.device, non_blocking=True)
+            return frames.to(self.device)
+        return frames
 
     def frame(self, index: int) -> torch.Tensor:
         return self.window(index, index + 1)[0]
@@ -309,14 +315,14 @@ def open_source(path: Path, decoder: str = "auto", device: str | torch.device = 
 class Prefetcher:
     """Runs an iterator of windows one step ahead on a background thread.
 
-    The consumer's blocked time is `wait_s` (the engine reports it as the decode-wait stage). For a
-    cuda device, host tensors are pinned on the worker and copied with non_blocking on the
-    consumer's stream. Errors raised by the producer are re-raised at the consumer's next()."""
+    The consumer's blocked time is `wait_s` (the engine reports it as the decode-wait stage).
+    Sources put their windows on the device themselves (pinned host memory and a non-blocking
+    copy for a CPU decoder feeding a GPU). Errors raised by the producer are re-raised at the
+    consumer's next()."""
 
     _DONE = object()
 
-    def __init__(self, items: Iterator, device: str | torch.device = "cpu", depth: int = 2):
-        self.device = torch.device(device)
+    def __init__(self, items: Iterator, depth: int = 2):
         self.wait_s = 0.0
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -328,7 +334,7 @@ class Prefetcher:
             for item in items:
                 if self._stop.is_set():
                     return
-                self._q.put(_pin(item) if self.device.type == "cuda" else item)
+                self._q.put(item)
         except BaseException as e:  # handed to the consumer
             self._q.put(e)
         self._q.put(self._DONE)
@@ -344,29 +350,13 @@ class Prefetcher:
             raise StopIteration
         if isinstance(item, BaseException):
             raise item
-        return _to_device(item, self.device) if self.device.type == "cuda" else item
+        return item
 
     def close(self) -> None:
         self._stop.set()
         while self._thread.is_alive():  # unblock a producer waiting on a full queue
             with contextlib.suppress(queue.Empty):
                 self._q.get(timeout=0.05)
-
-
-def _pin(item):
-    if isinstance(item, torch.Tensor):
-        return item.pin_memory() if item.device.type == "cpu" else item
-    if isinstance(item, tuple | list):
-        return type(item)(_pin(x) for x in item)
-    return item
-
-
-def _to_device(item, device: torch.device):
-    if isinstance(item, torch.Tensor):
-        return item.to(device, non_blocking=True)
-    if isinstance(item, tuple | list):
-        return type(item)(_to_device(x, device) for x in item)
-    return item
 
 
 def to_rgb(frames: torch.Tensor) -> list[np.ndarray]:
