@@ -151,14 +151,15 @@ def _masklet_frames(
 
     With SAM2 masklets and SAM2 features, the features are the ones the predictor computed while
     tracking (no second encoder pass)."""
+    inst_dir = dataset.instance_dir(video)
+    inst_paths = [inst_dir / n for n in list_frames(inst_dir)] if cfg.masklets == "instances" else []
     with open_source(dataset.image_dir(video), "frames") as source:
-        names = source.names
         step = cfg.window if cfg.masklets == "sam2" else 1
-        for start, frames in zip(range(0, len(names), step), source.windows(step), strict=True):
-            yield from _window_masklets(cfg, refiner, dataset, video, source, start, frames)
+        for start, frames in zip(range(0, len(source), step), source.windows(step), strict=True):
+            yield from _window_masklets(cfg, refiner, source, inst_paths, start, frames)
 
 
-def _window_masklets(cfg, refiner, dataset, video, source, start: int, frames: torch.Tensor):
+def _window_masklets(cfg, refiner, source, inst_paths: list[Path], start: int, frames: torch.Tensor):
     """The (name, RGB frame, masklets, shared features) of one window of frames."""
     names = source.names[start : start + frames.shape[0]]
     imgs = to_rgb(frames)
@@ -176,10 +177,9 @@ def _window_masklets(cfg, refiner, dataset, video, source, start: int, frames: t
             logits, feats = o if share else (o, None)
             yield name, img, logits > 0, feats
         return
-    inst_dir = dataset.instance_dir(video)
     (name,), (img,) = names, imgs
     if cfg.masklets == "instances":
-        ids = torch.from_numpy(read_label_png(inst_dir / list_frames(inst_dir)[start]).astype(np.int64))
+        ids = torch.from_numpy(read_label_png(inst_paths[start]).astype(np.int64))
         present = [k for k in ids.unique().tolist() if k != 0]
         masks = ids[None] == torch.tensor(present, dtype=torch.int64)[:, None, None]
     else:

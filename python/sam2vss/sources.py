@@ -17,6 +17,7 @@ bundled, works everywhere); `frames` for folders (batched decode_jpeg, nvJPEG on
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -216,12 +217,9 @@ class FrameSource(_Source):
             raise DataError(f"{self.path}: the frames decoder needs a folder of JPEG or PNG frames")
         names = list_frames(self.path, IMAGE_SUFFIXES, "frame folder")
         self.paths = [self.path / n for n in names]
+        self.names = [p.stem for p in self.paths]
         first = self._decode(0, 1)
         return SourceInfo(len(names), None, first.shape[2], first.shape[3])
-
-    @property
-    def names(self) -> list[str]:
-        return [p.stem for p in self.paths]
 
     def _decode(self, start: int, stop: int) -> torch.Tensor:
         decode_jpeg, decode_image = _image_decoders()
@@ -272,6 +270,7 @@ BACKENDS: dict[str, type[_Source]] = {
 }
 
 
+@functools.cache  # a failed import (e.g. torchcodec without FFmpeg) is tried once, not per window
 def available(backend: str) -> bool:
     """Whether a backend's library imports here (torchcodec also needs FFmpeg's shared libraries)."""
     modules = {"torchcodec": "torchcodec.decoders", "decord": "decord", "pyav": "av", "frames": "torchvision"}
