@@ -173,3 +173,31 @@ def test_shared_keyframe_is_encoded_once(scene):
         refiner.refine_window(window)
         calls[preset] = sum(images)
     assert calls == {"exact": 5, "fast": 4}
+
+
+def test_bench_grid_sweep_times_detection_against_the_official_generator(tmp_path):
+    """`bench --grid` (detection only, `--window ''`): per grid, the official generator and each
+    preset on the clip's first frame; `exact` keeps exactly the official masks (IoU 1)."""
+    import json
+
+    from sam2vss.bench import RANDOM_WEIGHT_DETECTION
+    from sam2vss.cli import main
+
+    args = "bench -q --frames 2 --masklets 4 --height 120 --width 170 --preset exact,fastest"
+    args = [*args.split(), "--compare-reference", "--window", "", "--grid", "4,8"]
+    args += ["--json", str(tmp_path / "d.json")]
+    assert main([*args, "--data-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["rows"] == []
+    rows = result["detect_rows"]
+    assert [(r["pipeline"], r["preset"], r["grid"]) for r in rows] == [
+        (pipeline, preset, grid)
+        for grid in (4, 8)
+        for pipeline, preset in (("reference", "-"), ("fast", "exact"), ("fast", "fastest"))
+    ]
+    for grid in (4, 8):
+        ref, exact, fastest = (r for r in rows if r["grid"] == grid)
+        assert ref["masks"] > 0, f"lowered thresholds {RANDOM_WEIGHT_DETECTION} should keep masks"
+        assert exact["masks"] == ref["masks"] and exact["mask_iou"] == 1.0
+        assert 0.0 <= fastest["mask_iou"] <= 1.0 and all(r["ms"] > 0 for r in (ref, exact, fastest))
+    assert main(["bench", "--window", "", "--grid", "0"]) == 2

@@ -60,6 +60,38 @@ def test_batched_propagation_equals_the_per_object_predictor(clip, reference):
         assert torch.equal(ours > 0, theirs > 0), f"frame {t}: masks differ"
 
 
+@pytest.mark.parametrize("tokens", [256, 512, 1024])
+def test_chunked_memory_attention_equals_one_call(clip, reference, tokens):
+    """ObjectChunks runs the memory attention on 1, 2 or 4 masklets at a time (uneven splits of
+    the clip's masklets): the logits of every frame equal the one-call tracker's, and the model's
+    own memory attention is back in place afterwards."""
+    ds, pred = clip
+    window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
+    masks, _ = reference._keyframe_masks(window)
+    per_call = tokens // 256  # 256 image tokens per masklet at image size 256
+    assert per_call == 1 or len(masks) % per_call, "the split should end in a partial chunk"
+    images = torch.stack([preprocess(f, 256) for f in to_rgb(window.frames)])
+    masks = torch.from_numpy(np.stack(masks))
+    attention = reference.predictor.memory_attention
+    with torch.inference_mode():
+        whole = list(BatchedTracker(reference.predictor).track(images, masks))
+        batches = []
+        hook = attention.register_forward_hook(lambda _m, args, _out: batches.append(args[1].shape[1]))
+        try:
+            chunked = list(BatchedTracker(reference.predictor, chunk_tokens=tokens).track(images, masks))
+        finally:
+            hook.remove()
+    assert reference.predictor.memory_attention is attention
+    n = len(masks)
+    assert batches == ([per_call] * (n // per_call) + [n % per_call] * (n % per_call > 0)) * 6
+    err = max((a - b).abs().max().item() for a, b in zip(whole, chunked, strict=True))
+    print(f"chunks of {tokens} tokens: max |logit difference| {err:.3g}")
+    assert err <= 1e-5
+    assert all(torch.equal(a > 0, b > 0) for a, b in zip(whole, chunked, strict=True))
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        BatchedTracker(reference.predictor, chunk_tokens=0)
+
+
 def _agreement(a_dir, b_dir) -> tuple[float, int]:
     same = total = 0
     for p in sorted(a_dir.rglob("*.png")):

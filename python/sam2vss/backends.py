@@ -260,6 +260,9 @@ def apply_backend(model: torch.nn.Module, backend: str, model_cfg=None, encode_b
                 "--backend tensorrt needs torch-tensorrt: pip install torch-tensorrt==2.14.*"
             ) from e
     use_real_rope(model)  # real tensors compile everywhere; complex RoPE breaks TensorRT and graphs
+    for m in model.modules():  # the tables of the model's own feature size, built outside any graph
+        if type(m).__name__ == "RoPEAttention":
+            _rope_tables(m, (model.image_size // 16) ** 2, device)
     if backend == "tensorrt":
         model.image_encoder = _tensorrt_encoder(model, model_cfg, (1, encode_batch))  # forward_image as is
     else:

@@ -128,12 +128,19 @@ def _peak_mem_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# SAM2 reads up to 7 memory frames and 16 object pointers, so frame 16 of a window is the first
+# to see no new memory shape; 17 frames also make two full encoder batches of 8 after the keyframe.
+WARMUP_FRAMES = 17
+
+
 def _run(refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset: str, backend: str) -> Row:
-    """A warm-up window of up to 8 frames (lazy initialisation, allocator, compilation for every
-    memory size up to SAM2's 7 memory frames), then the whole clip through the refine loop."""
+    """A warm-up window of up to WARMUP_FRAMES frames (lazy initialisation, allocator, and the
+    compiled backends' graphs for every shape a window meets), then the whole clip through the
+    refine loop."""
     first = next(iter(_windows(job, refiner.cfg.window, refiner.frames_device)))[1]
     t0 = time.perf_counter()
-    refiner.refine_window(replace(first, frames=first.frames[:8], labels=first.labels[:8]))
+    k = WARMUP_FRAMES
+    refiner.refine_window(replace(first, frames=first.frames[:k], labels=first.labels[:k]))
     warmup = time.perf_counter() - t0
     refiner.stages.reset()
     if refiner.device.type == "cuda":
@@ -166,22 +173,10 @@ def agreement(job: VideoJob, a: Path, b: Path) -> float:
     return same / total
 
 
-def run_bench(
-    out_dir: Path,
-    frames: int,
-    masklets: int,
-    windows: list[int],
-    image_size: int,
-    checkpoint: str,
-    model: str,
-    compare_reference: bool,
-    height: int = 480,
-    width: int = 854,
-    runs: tuple[tuple[str, str], ...] = (("exact", "eager"),),
-    progress: bool = True,
-) -> tuple[list[Row], float]:
-    """The rows (per window size: the reference if asked, then each (preset, backend) run) and
-    the matmul ceiling in FLOP/s."""
+def bench_clip(
+    out_dir: Path, frames: int, masklets: int, height: int = 480, width: int = 854, progress: bool = True
+) -> VideoJob:
+    """The benchmark's synthetic clip (generated once under `out_dir`, reused by later runs)."""
     synth = SynthConfig(
         videos=1, frames=frames, height=height, width=width, objects=masklets, train_videos=0, seed=17
     )
@@ -190,8 +185,19 @@ def run_bench(
         from sam2vss.synth import synthesize
 
         synthesize(root, synth, progress=progress)
-    job = dataset_jobs(open_dataset(root), root / "pred_base", "val")[0]
-    model_cfg = ModelConfig(name=model, checkpoint=checkpoint, image_size=image_size)
+    return dataset_jobs(open_dataset(root), root / "pred_base", "val")[0]
+
+
+def run_bench(
+    job: VideoJob,
+    model_cfg: ModelConfig,
+    windows: list[int],
+    compare_reference: bool,
+    runs: tuple[tuple[str, str], ...] = (("exact", "eager"),),
+    progress: bool = True,
+) -> tuple[list[Row], float]:
+    """The rows (per window size: the reference if asked, then each (preset, backend) run) and
+    the matmul ceiling in FLOP/s."""
     ceiling = matmul_ceiling(sam2_model.resolve_device(model_cfg.device))
     rows: list[Row] = []
     bar = tqdm(total=len(windows) * (len(runs) + compare_reference), desc="bench", disable=not progress)
@@ -223,6 +229,102 @@ def run_bench(
         if r.achieved_gflops is not None:
             r.ceiling_share = 1e9 * r.achieved_gflops / ceiling
     return rows, ceiling
+
+
+# Random weights give flat logits: the paper's thresholds keep nothing, so the detection sweep
+# lowers them (as tests/test_detect.py does) to keep a realistic, non-zero number of masks.
+RANDOM_WEIGHT_DETECTION = {"pred_iou_thresh": 0.0, "stability_thresh": 0.6, "stability_offset": 0.02}
+
+
+@dataclass
+class DetectRow:
+    pipeline: str  # reference (the official SAM2AutomaticMaskGenerator) | fast
+    preset: str
+    backend: str
+    grid: int  # points per side
+    ms: float  # per keyframe, median over repeats: encode + detect (+ the reference's RLE etc.)
+    masks: int  # masks kept on the keyframe
+    mask_iou: float | None = None  # mean over the reference's masks of the best IoU with ours
+
+
+def _mean_best_iou(reference: torch.Tensor, ours: torch.Tensor) -> float:
+    """Mean over the reference's masks (N, H, W) of their best IoU with any of `ours` (M, H, W)."""
+    if reference.shape[0] == 0:
+        return 1.0 if ours.shape[0] == 0 else 0.0
+    if ours.shape[0] == 0:
+        return 0.0
+    a, b = reference.flatten(1).float(), ours.flatten(1).float()
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
+    return float((inter / union.clamp(min=1)).max(dim=1).values.mean())
+
+
+def _time_detect(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    fn()  # warm-up: lazy initialisation, compiled graphs
+    times, masks = [], None
+    for _ in range(repeats):
+        _sync()
+        t0 = time.perf_counter()
+        masks = fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times), masks
+
+
+def detect_sweep(
+    job: VideoJob,
+    grids: list[int],
+    model_cfg: ModelConfig,
+    runs: tuple[tuple[str, str], ...],
+    compare_reference: bool,
+    repeats: int = 3,
+    progress: bool = True,
+) -> list[DetectRow]:
+    """Keyframe detection per AMG grid size (`bench --grid`): the clip's first frame through each
+    preset's detector (encode + batched prompts + device NMS) and, with `compare_reference`, the
+    official generator on the same frame, which also gives each row its mask IoU."""
+    window = next(iter(_windows(job, 1, sam2_model.resolve_device(model_cfg.device))))[1]
+    lowered = RANDOM_WEIGHT_DETECTION if model_cfg.random_weights else {}
+    rows: list[DetectRow] = []
+    bar = tqdm(total=len(grids) * (len(runs) + compare_reference), desc="detect", disable=not progress)
+    for g in grids:
+        cfg = RefineConfig(masks="sam2", window=1, grid=g, **lowered)
+        ref_masks = None
+        if compare_reference:
+            ref = ReferenceRefiner(cfg, model_cfg)
+            ms, found = _time_detect(lambda ref=ref: ref._keyframe_masks(window)[0], repeats)
+            empty = torch.zeros((0, *window.labels[0].shape), dtype=torch.bool)
+            ref_masks = torch.from_numpy(np.stack(found)) if found else empty
+            rows.append(DetectRow("reference", "-", "-", g, ms, len(found), 1.0))
+            bar.update()
+        for preset, backend in runs:
+            fast = FastRefiner(replace(cfg, preset=preset, backend=backend), model_cfg)
+
+            def detect(fast=fast):
+                with torch.inference_mode(), sam2_model.autocast(fast.device):
+                    keyframe = None
+                    if fast.share_keyframe:
+                        keyframe = fast.tracker.encode_frame(fast.preprocess(window.frames[:1])[0])
+                    return fast.detect(window, keyframe)[0].cpu()
+
+            ms, masks = _time_detect(detect, repeats)
+            iou = None if ref_masks is None else _mean_best_iou(ref_masks, masks)
+            rows.append(DetectRow("fast", preset, backend, g, ms, masks.shape[0], iou))
+            bar.update()
+    bar.close()
+    return rows
+
+
+def format_detect_rows(rows: list[DetectRow]) -> str:
+    widths = (9, 8, 8, 5, 12, 6, 9)
+    names = ("pipeline", "preset", "backend", "grid", "ms/keyframe", "masks", "mask IoU")
+    head = " ".join(f"{c:>{w}s}" for c, w in zip(names, widths, strict=True))
+    lines = ["keyframe detection:", head, "-" * len(head)]
+    for r in rows:
+        iou = "-" if r.mask_iou is None else f"{r.mask_iou:.4f}"
+        cells = (r.pipeline, r.preset, r.backend, str(r.grid), f"{r.ms:.1f}", str(r.masks), iou)
+        lines.append(" ".join(f"{c:>{w}s}" for c, w in zip(cells, widths, strict=True)))
+    return "\n".join(lines)
 
 
 def format_rows(rows: list[Row], ceiling: float) -> str:

@@ -322,7 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--frames", type=int, default=64, help="clip length (default %(default)s)")
     b.add_argument("--masklets", type=int, default=25, help="objects in the clip (default %(default)s)")
-    b.add_argument("--window", default="32", help="comma-separated window sizes (default %(default)s)")
+    b.add_argument(
+        "--window",
+        default="32",
+        help="comma-separated window sizes (default %(default)s; empty with --grid: detection only)",
+    )
+    b.add_argument(
+        "--grid",
+        default="",
+        help="comma-separated AMG grid sizes, e.g. 8,16,32,64: adds a keyframe-detection table (each preset's"
+        " detector, and the official generator with --compare-reference, on the clip's first frame; with"
+        " random weights the thresholds are lowered so that masks are kept)",
+    )
     b.add_argument("--height", type=int, default=480, help="default %(default)s")
     b.add_argument("--width", type=int, default=854, help="default %(default)s")
     b.add_argument(
@@ -530,45 +541,50 @@ def cmd_segment(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from sam2vss.bench import environment, format_rows, plot, run_bench
+    from sam2vss.bench import (
+        bench_clip,
+        detect_sweep,
+        environment,
+        format_detect_rows,
+        format_rows,
+        plot,
+        run_bench,
+    )
     from sam2vss.sinks import write_json
 
     windows = [int(w) for w in a.window.split(",") if w]
+    grids = [int(g) for g in a.grid.split(",") if g]
     backends = [b for b in a.backend.split(",") if b]
     runs = []  # (preset, backend): each plain preset with each --backend; "preset@backend" alone
     for item in (p for p in a.preset.split(",") if p):
         preset, _, backend = item.partition("@")
         runs += [(preset, backend)] if backend else [(preset, b) for b in backends]
     bad = [f"{p}@{b}" for p, b in runs if p not in PRESETS or b not in MODEL_BACKENDS]
-    if bad or not runs or not windows or min(windows) < 1:
+    if bad or not runs or not (windows or grids) or min(windows + grids, default=1) < 1:
         raise ValueError(
-            f"--preset {a.preset!r} / --backend {a.backend!r} / --window {a.window!r}: presets among"
-            f" {', '.join(PRESETS)}, backends among {', '.join(MODEL_BACKENDS)}, windows positive integers,"
-            " e.g. --preset exact,fastest,exact@inductor --backend eager --window 8,32"
+            f"--preset {a.preset!r} / --backend {a.backend!r} / --window {a.window!r} / --grid {a.grid!r}:"
+            f" presets among {', '.join(PRESETS)}, backends among {', '.join(MODEL_BACKENDS)}, windows and"
+            " grids positive integers, e.g. --preset exact,fastest,exact@inductor --window 8,32 --grid 16,32"
         )
-    rows, ceiling = run_bench(
-        a.data_dir,
-        a.frames,
-        a.masklets,
-        windows,
-        a.image_size,
-        a.checkpoint,
-        a.model,
-        a.compare_reference,
-        a.height,
-        a.width,
-        tuple(runs),
-        progress=not a.quiet,
-    )
+    job = bench_clip(a.data_dir, a.frames, a.masklets, a.height, a.width, progress=not a.quiet)
+    model_cfg = ModelConfig(name=a.model, checkpoint=a.checkpoint, image_size=a.image_size)
+    rows, ceiling = [], 0.0
+    if windows:
+        rows, ceiling = run_bench(job, model_cfg, windows, a.compare_reference, tuple(runs), not a.quiet)
+    detect_rows = detect_sweep(job, grids, model_cfg, tuple(runs), a.compare_reference, progress=not a.quiet)
     clip = f"{a.frames} frames at {a.height}x{a.width}, {a.masklets} objects"
     title = f"{clip}, {a.model} image size {a.image_size}, {environment()}"
     print(title)
-    print(format_rows(rows, ceiling))
+    if rows:
+        print(format_rows(rows, ceiling))
+    if detect_rows:
+        print(format_detect_rows(detect_rows))
     if a.json:
         meta = {"environment": environment(), "clip": clip, "model": a.model, "image_size": a.image_size}
-        write_json(a.json, meta | {"matmul_ceiling_flops": ceiling, "rows": [asdict(r) for r in rows]})
+        result = {"matmul_ceiling_flops": ceiling, "rows": [asdict(r) for r in rows]}
+        write_json(a.json, meta | result | {"detect_rows": [asdict(r) for r in detect_rows]})
         print(f"wrote {a.json}")
-    if a.plot:
+    if a.plot and rows:
         plot(rows, a.plot, title)
         print(f"wrote {a.plot}")
     return 0

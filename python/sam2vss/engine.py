@@ -31,7 +31,7 @@ from sam2vss.config import PRESETS, RefineConfig
 from sam2vss.detect import BatchedDetector
 from sam2vss.kernels import kernel_ops
 from sam2vss.model import ModelConfig
-from sam2vss.propagate import BatchedTracker, preprocess, to_model_input
+from sam2vss.propagate import BatchedTracker, default_chunk_tokens, preprocess, to_model_input
 from sam2vss.reference import ReferenceRefiner, Window
 from sam2vss.sources import to_rgb
 from sam2vss.stages import Stages
@@ -52,7 +52,12 @@ class FastRefiner(ReferenceRefiner):
         if size != self.predictor.image_size:  # same weights, smaller input: a second, cheaper tracker
             track_model = sam2_model.build(replace(model_cfg or ModelConfig(), image_size=size))
         apply_backend(track_model, cfg.backend, model_cfg, self.engine.encode_batch)
-        self.tracker = BatchedTracker(track_model, self.engine.encode_batch, self.engine.memory_frames)
+        self.tracker = BatchedTracker(
+            track_model,
+            self.engine.encode_batch,
+            self.engine.memory_frames,
+            default_chunk_tokens(self.device),
+        )
         self.detector = None
         if cfg.masks == "sam2":
             ops = kernel_ops(self.device)

@@ -20,6 +20,7 @@ this module to it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,18 +81,62 @@ class TrackState:
         return {"cond_frame_outputs": self.cond, "non_cond_frame_outputs": self.non_cond}
 
 
+class ObjectChunks(torch.nn.Module):
+    """SAM2's memory attention run on a few masklets at a time, about `tokens` image tokens per
+    call (masklets x tokens per frame). Masklets are independent in it (batch rows), so the output
+    is the same; on a CPU a chunk's activations stay in cache. Measured on 2 cores, 25 masklets at
+    image size 256 (256 tokens each), a tracking step with a full memory: 1380 ms a frame in one
+    call, 1150 in chunks of 1024 tokens (4 masklets), 1210 in chunks of 512, 1230 of 2048."""
+
+    def __init__(self, attention: torch.nn.Module, tokens: int):
+        super().__init__()
+        self.attention, self.tokens = attention, tokens
+
+    def forward(self, curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens: int = 0):
+        # sequence first: memory (L, N, C); curr and curr_pos are one-level lists of (HW, N, C)
+        n, size = memory.shape[1], max(1, self.tokens // curr[0].shape[0])
+        if n <= size:
+            return self.attention(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens)
+        parts = [
+            self.attention(
+                [x[:, i : i + size] for x in curr],
+                memory[:, i : i + size],
+                [x[:, i : i + size] for x in curr_pos],
+                memory_pos[:, i : i + size],
+                num_obj_ptr_tokens,
+            )
+            for i in range(0, n, size)
+        ]
+        return torch.cat(parts, dim=1)
+
+
+def default_chunk_tokens(device: torch.device) -> int | None:
+    """Image tokens per memory-attention call: 1024 on a CPU (cache-sized chunks), all on a GPU."""
+    return 1024 if device.type == "cpu" else None
+
+
 class BatchedTracker:
     """Tracks N masklets prompted on frame 0 through a window, one forward per frame.
 
     The image encoder runs on `encode_batch` frames at a time (each frame exactly once); its
-    outputs are expanded, not copied, to the N masklets."""
+    outputs are expanded, not copied, to the N masklets. `chunk_tokens`: image tokens per memory
+    attention call (ObjectChunks; None: all masklets at once)."""
 
-    def __init__(self, predictor: torch.nn.Module, encode_batch: int = 8, memory_frames: int | None = None):
+    def __init__(
+        self,
+        predictor: torch.nn.Module,
+        encode_batch: int = 8,
+        memory_frames: int | None = None,
+        chunk_tokens: int | None = None,
+    ):
         self.model = predictor  # a SAM2VideoPredictor (a SAM2Base): its blocks and settings
         self.encode_batch = encode_batch
         # None: keep the whole window (the model reads its last 6 frames and 16 object pointers
         # from it, as the official predictor does); k: keep the last k frames only.
         self.memory_frames = memory_frames
+        if chunk_tokens is not None and chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1 or None, got {chunk_tokens}")
+        self.chunk_tokens = chunk_tokens
 
     def encode_frame(self, image: torch.Tensor) -> dict:
         """Backbone output of one (3, S, S) frame (the keyframe, which detection shares)."""
@@ -156,20 +201,35 @@ class BatchedTracker:
     def _track_step(self, state: TrackState, t: int, feats, pos, sizes, prompt: torch.Tensor | None) -> dict:
         # The prompted frame runs without the memory encoder (it runs in _prompt, as the
         # predictor's preflight does); every later frame runs it inside track_step.
-        return self.model.track_step(
-            frame_idx=t,
-            is_init_cond_frame=prompt is not None,
-            current_vision_feats=feats,
-            current_vision_pos_embeds=pos,
-            feat_sizes=sizes,
-            point_inputs=None,
-            mask_inputs=prompt,
-            output_dict=state.output_dict(),
-            num_frames=state.num_frames,
-            track_in_reverse=False,
-            run_mem_encoder=prompt is None,
-            prev_sam_mask_logits=None,
-        )
+        with self._chunked_attention():
+            return self.model.track_step(
+                frame_idx=t,
+                is_init_cond_frame=prompt is not None,
+                current_vision_feats=feats,
+                current_vision_pos_embeds=pos,
+                feat_sizes=sizes,
+                point_inputs=None,
+                mask_inputs=prompt,
+                output_dict=state.output_dict(),
+                num_frames=state.num_frames,
+                track_in_reverse=False,
+                run_mem_encoder=prompt is None,
+                prev_sam_mask_logits=None,
+            )
+
+    @contextmanager
+    def _chunked_attention(self) -> Iterator[None]:
+        """The model's memory attention wrapped in ObjectChunks for one step, the model itself
+        left as it was (it may be shared with the reference or with detection)."""
+        attention = self.model.memory_attention
+        if self.chunk_tokens is None:
+            yield
+            return
+        self.model.memory_attention = ObjectChunks(attention, self.chunk_tokens)
+        try:
+            yield
+        finally:
+            self.model.memory_attention = attention
 
     def _prompt(self, state: TrackState, feats, pos, sizes, masks: torch.Tensor) -> torch.Tensor:
         """Frame 0: the mask prompts, then the memory encoder with is_mask_from_pts."""
