@@ -204,7 +204,7 @@ def test_memory_frames_bound_the_state_and_cover_the_model(clip):
     images, masks = _window_and_masks(clip, exact)
     with torch.inference_mode():
         ref = list(exact.tracker.track(images, masks))
-        bounded = BatchedTracker(exact.predictor, memory_frames=6)
+        bounded = BatchedTracker(exact.predictor, memory_frames=6, chunk_tokens=exact.tracker.chunk_tokens)
         assert all(torch.equal(a, b) for a, b in zip(ref, bounded.track(images, masks), strict=True))
         small = BatchedTracker(exact.predictor, memory_frames=2)
         sizes = []
