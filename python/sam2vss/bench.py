@@ -9,6 +9,9 @@ memory, agreement with the reference's labels, the engine's time over the model-
 the model FLOP/s achieved (FLOPs counted once by torch's FlopCounterMode) over the measured matmul
 ceiling. Masklets are prompted from the clip's instance masks so that random weights give a
 realistic number of them. On a GPU each stage is synchronised before it is timed.
+
+`--grid` adds a keyframe-detection table (`detect_sweep`): per AMG grid size, each preset's
+detector and the official generator on the clip's first frame, with the masks kept and their IoU.
 """
 
 from __future__ import annotations
