@@ -71,12 +71,15 @@ def _real_rope_forward(self, q, k, v, num_k_exclude_rope: int = 0):
     return self.out_proj(self._recombine_heads(out))
 
 
-def use_real_rope(model: torch.nn.Module) -> int:
-    """Give every RoPE attention of `model` the real-valued forward; returns how many."""
+def use_real_rope(model: torch.nn.Module, positions: int | None = None) -> int:
+    """Give every RoPE attention of `model` the real-valued forward; returns how many. With
+    `positions`, also build their cos/sin tables for that many positions now, outside any graph."""
     n = 0
     for m in model.modules():
         if type(m).__name__ == "RoPEAttention":
             m.forward = MethodType(_real_rope_forward, m)
+            if positions is not None:
+                _rope_tables(m, positions, next(model.parameters()).device)
             n += 1
     return n
 
@@ -259,10 +262,9 @@ def apply_backend(model: torch.nn.Module, backend: str, model_cfg=None, encode_b
             raise RuntimeError(
                 "--backend tensorrt needs torch-tensorrt: pip install torch-tensorrt==2.14.*"
             ) from e
-    use_real_rope(model)  # real tensors compile everywhere; complex RoPE breaks TensorRT and graphs
-    for m in model.modules():  # the tables of the model's own feature size, built outside any graph
-        if type(m).__name__ == "RoPEAttention":
-            _rope_tables(m, (model.image_size // 16) ** 2, device)
+    # Real tensors compile everywhere; complex RoPE breaks TensorRT and graphs. The tables of the
+    # model's own stride-16 feature map are built here, not while a graph is traced.
+    use_real_rope(model, (model.image_size // 16) ** 2)
     if backend == "tensorrt":
         model.image_encoder = _tensorrt_encoder(model, model_cfg, (1, encode_batch))  # forward_image as is
     else:
