@@ -32,7 +32,7 @@ from sam2vss.detect import BatchedDetector
 from sam2vss.kernels import kernel_ops
 from sam2vss.model import ModelConfig
 from sam2vss.propagate import BatchedTracker, default_chunk_tokens, preprocess, to_model_input
-from sam2vss.reference import ReferenceRefiner, Window
+from sam2vss.reference import ReferenceRefiner, Window, WindowStats
 from sam2vss.sources import to_rgb
 from sam2vss.stages import Stages
 from sam2vss.vote import paint_order
@@ -115,13 +115,16 @@ class FastRefiner(ReferenceRefiner):
                 masks0, areas = self.detect(window, keyframe)
             n = masks0.shape[0]
             if n == 0:
+                self.last_window = WindowStats(len(labels), 0, 0.0)
                 return [s.numpy() for s in labels]
             rank = torch.empty(n, dtype=torch.int32)
             rank[paint_order(areas, cfg.paint_order)] = torch.arange(n, dtype=torch.int32)  # later wins
             ids, hists, out = [], torch.zeros((n, c), dtype=torch.int64), []
+            covered = torch.zeros((), dtype=torch.int64)
             for logits, s in zip(self.tracker.track(images, masks0, st, keyframe), labels, strict=True):
                 with st.time("aggregate+vote"):
                     frame_ids, hist = self.ops.aggregate(logits[:, 0].float().cpu(), rank, s, c, by_logit)
+                    covered += (frame_ids >= 0).sum()
                     if cfg.vote_scope == "frame":
                         out.append(self.ops.paint(frame_ids, self.ops.decide(hist), s).numpy())
                     else:
@@ -131,6 +134,8 @@ class FastRefiner(ReferenceRefiner):
             with st.time("aggregate+vote"):
                 classes = self.ops.decide(hists)
                 out = [self.ops.paint(i, classes, s).numpy() for i, s in zip(ids, labels, strict=True)]
+        pixels = sum(s.numel() for s in labels)
+        self.last_window = WindowStats(len(labels), n, int(covered) / pixels)  # one read per window
         return out
 
 

@@ -42,6 +42,16 @@ class Window:
     instances: np.ndarray | None  # (h, w) instance ids of the first frame (masks="instances")
 
 
+@dataclass(frozen=True)
+class WindowStats:
+    """What one window's refinement found: the numbers that explain a result (random weights, for
+    one, find no masklets and the output silently equals the base labels)."""
+
+    frames: int
+    masklets: int  # masklets tracked through the window (superpixels: mean segments per frame)
+    covered: float  # share of the window's label pixels inside at least one masklet
+
+
 def superpixels(image: np.ndarray, cfg: RefineConfig) -> np.ndarray:
     """(H, W) int32 segment ids 0..n-1 of one frame."""
     from skimage.segmentation import felzenszwalb, slic
@@ -73,6 +83,7 @@ class ReferenceRefiner:
         self.predictor = None
         self.generator = None
         self.stages = Stages()
+        self.last_window: WindowStats | None = None  # set by every refine_window call
         if cfg.masks != "superpixel":
             model_cfg = model_cfg or ModelConfig()
             self.device = sam2_model.resolve_device(model_cfg.device)
@@ -142,22 +153,27 @@ class ReferenceRefiner:
         cfg, c = self.cfg, self.cfg.num_classes
         labels = [torch.from_numpy(s) for s in window.labels]
         if cfg.masks == "superpixel":
-            out = []
+            out, segments = [], 0
             for frame, s in zip(to_rgb(window.frames), labels, strict=True):
                 seg = torch.from_numpy(superpixels(_resize_image(frame, tuple(s.shape)), cfg))
                 n = int(seg.max()) + 1
+                segments += n
                 out.append(paint(seg, decide(id_histogram(seg, s, n, c)), s).numpy())
+            self.last_window = WindowStats(len(out), round(segments / len(out)), 1.0)
             return out
 
         masks0, areas = self._keyframe_masks(window)
         if not masks0:
+            self.last_window = WindowStats(len(labels), 0, 0.0)
             return [s.numpy() for s in labels]
         order = paint_order(areas, cfg.paint_order)
         ids, hists = [], torch.zeros((len(masks0), c), dtype=torch.int64)
         out: list[np.ndarray] = []
+        covered = 0
         for logits, s in zip(self._propagate(window, masks0), labels, strict=True):
             masks = logits > 0
             ids.append(aggregate_logits(logits) if cfg.paint_order == "logit" else aggregate(masks, order))
+            covered += int((ids[-1] >= 0).sum())
             hist = vote_histogram(masks, s, c)
             if cfg.vote_scope == "frame":
                 out.append(paint(ids[-1], decide(hist), s).numpy())
@@ -166,4 +182,5 @@ class ReferenceRefiner:
         if cfg.vote_scope == "masklet":
             classes = decide(hists)
             out = [paint(i, classes, s).numpy() for i, s in zip(ids, labels, strict=True)]
+        self.last_window = WindowStats(len(labels), len(masks0), covered / sum(s.numel() for s in labels))
         return out
