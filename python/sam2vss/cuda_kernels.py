@@ -59,10 +59,11 @@ def _module(op: str):
     raise RuntimeError(f"CUDA source {op}.cu not found in {', '.join(map(str, _kernel_dirs()))}")
 
 
-def _launch(op: str, name: str, n: int, *args) -> None:
+def _launch(op: str, name: str, n: int, *args, blocks: int | None = None) -> None:
+    """Kernel `name` of kernels/<op>.cu over n elements (grid-stride) or on `blocks` blocks."""
     import cupy
 
-    blocks = max(1, min((n + _THREADS - 1) // _THREADS, _MAX_BLOCKS))
+    blocks = blocks or max(1, min((n + _THREADS - 1) // _THREADS, _MAX_BLOCKS))
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     with stream:
         _module(op).get_function(name)((blocks,), (_THREADS,), args)
@@ -208,28 +209,25 @@ def paint(ids, classes, labels) -> torch.Tensor:
 
 
 def amg_stats(logits, thr: float, offset: float, out_hw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    import cupy
-
     b, h, w = logits.shape
     stability = torch.empty(b, dtype=torch.float32, device=logits.device)
     area = torch.empty(b, dtype=torch.int64, device=logits.device)
     boxes = torch.empty((b, 4), dtype=torch.int32, device=logits.device)
-    if b:
-        with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
-            _module("amg_stats").get_function("svs_amg_stats")(
-                (b,),
-                (_THREADS,),
-                (
-                    _ptr(logits),
-                    np.int32(h),
-                    np.int32(w),
-                    np.float32(thr),
-                    np.float32(offset),
-                    np.int32(out_hw[0]),
-                    np.int32(out_hw[1]),
-                    _ptr(stability),
-                    _ptr(area),
-                    _ptr(boxes),
-                ),
-            )
+    if b:  # one block per candidate
+        _launch(
+            "amg_stats",
+            "svs_amg_stats",
+            b * h * w,
+            _ptr(logits),
+            np.int32(h),
+            np.int32(w),
+            np.float32(thr),
+            np.float32(offset),
+            np.int32(out_hw[0]),
+            np.int32(out_hw[1]),
+            _ptr(stability),
+            _ptr(area),
+            _ptr(boxes),
+            blocks=b,
+        )
     return stability, area, boxes

@@ -127,11 +127,11 @@ class TorchcodecSource(_Source):
     backend = "torchcodec"
 
     def _open(self) -> SourceInfo:
-        from torchcodec.decoders import VideoDecoder
-
         device = "cuda" if self.device.type == "cuda" else "cpu"  # NVDEC decodes straight to the GPU
         try:
-            self._dec = VideoDecoder(str(self.path), device=device, seek_mode="exact", dimension_order="NCHW")
+            self._dec = _video_decoder(
+                str(self.path), device=device, seek_mode="exact", dimension_order="NCHW"
+            )
         except (RuntimeError, ValueError) as e:
             raise self._unreadable(e) from e
         m = self._dec.metadata
@@ -139,6 +139,13 @@ class TorchcodecSource(_Source):
 
     def _decode(self, start: int, stop: int) -> torch.Tensor:
         return self._dec.get_frames_in_range(start, stop).data
+
+
+def _video_decoder(path: str, device: str, **kwargs):
+    """torchcodec's VideoDecoder (one construction site: the emulated device replaces it)."""
+    from torchcodec.decoders import VideoDecoder
+
+    return VideoDecoder(path, device=device, **kwargs)
 
 
 class DecordSource(_Source):
