@@ -43,7 +43,7 @@ def test_tensors_report_an_indexed_cuda_device_and_compute_on_the_cpu(emu):
 )
 def test_planted_mismatches_raise(emu, planted):
     d = torch.arange(4.0, device="cuda:0")
-    with pytest.raises(EmulatedDeviceError, match="device|pinned|indices"):
+    with pytest.raises(EmulatedDeviceError, match=r"device|pinned|indices"):
         planted(d)
     assert len(emu.mismatches) == 1 and "test_emulate.py" in emu.mismatches[0]
 

@@ -194,7 +194,7 @@ def _window_and_masks(clip, refiner):
     ds, pred = clip
     window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
     masks, _ = refiner.detect(window)
-    return refiner.preprocess(window.frames), masks
+    return refiner.preprocess(window), masks
 
 
 def test_memory_frames_bound_the_state_and_cover_the_model(clip):
@@ -232,5 +232,5 @@ def test_presets_cap_masklets_and_shrink_tracking(clip):
     assert len(all_masks) > 2 and len(masks) == 2
     assert sorted(areas.tolist()) == sorted(all_areas.tolist())[-2:]
     with torch.inference_mode():
-        (first, *_) = fastest.tracker.track(fastest.preprocess(window.frames), masks)
+        (first, *_) = fastest.tracker.track(fastest.preprocess(window), masks)
     assert first.shape == (2, 1, 32, 32)  # 128 / 4

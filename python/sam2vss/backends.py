@@ -71,6 +71,17 @@ def _real_rope_forward(self, q, k, v, num_k_exclude_rope: int = 0):
     return self.out_proj(self._recombine_heads(out))
 
 
+def fit_rope_tables(model: torch.nn.Module) -> None:
+    """SAM2's complex RoPE tables built for the model's own stride-16 feature map on its device,
+    once at construction: SAM2 builds them for 1024 and, at any other size, rebuilds and copies
+    them to the device on the first call (8 blocking copies inside the first tracked window)."""
+    side = model.image_size // 16
+    device = next(model.parameters()).device
+    for m in model.modules():
+        if type(m).__name__ == "RoPEAttention":
+            m.freqs_cis = m.compute_cis(end_x=side, end_y=side).to(device)
+
+
 def use_real_rope(model: torch.nn.Module, positions: int | None = None) -> int:
     """Give every RoPE attention of `model` the real-valued forward; returns how many. With
     `positions`, also build their cos/sin tables for that many positions now, outside any graph."""

@@ -35,7 +35,7 @@ from sam2vss.data import open_dataset, read_label_png
 from sam2vss.engine import FastRefiner
 from sam2vss.model import ModelConfig
 from sam2vss.reference import ReferenceRefiner
-from sam2vss.refine import VideoJob, _windows, dataset_jobs, output_names, refine_video
+from sam2vss.refine import VideoJob, _windows, dataset_jobs, output_names, refine_video, refiner_windows
 
 
 @dataclass
@@ -101,9 +101,9 @@ def model_floor(refiner: FastRefiner, job: VideoJob, window: int) -> tuple[float
 
     inputs = []
     with torch.inference_mode(), sam2_model.autocast(refiner.device):
-        for _, win in _windows(job, window, refiner.frames_device):
+        for _, win in refiner_windows(refiner, job, window):
             masks0, _ = refiner.detect(win)
-            inputs.append((refiner.preprocess(win.frames), masks0 if masks0.shape[0] else None))
+            inputs.append((refiner.preprocess(win), masks0 if masks0.shape[0] else None))
     seconds = frames = 0
     with torch.inference_mode(), sam2_model.autocast(refiner.device):
         for images, masks in inputs:
@@ -140,10 +140,13 @@ def _run(refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset:
     """A warm-up window of up to WARMUP_FRAMES frames (lazy initialisation, allocator, and the
     compiled backends' graphs for every shape a window meets), then the whole clip through the
     refine loop."""
-    first = next(iter(_windows(job, refiner.cfg.window, refiner.frames_device)))[1]
+    first = next(iter(refiner_windows(refiner, job)))[1]
     t0 = time.perf_counter()
     k = WARMUP_FRAMES
-    refiner.refine_window(replace(first, frames=first.frames[:k], labels=first.labels[:k]))
+    images = None if first.images is None else first.images[:k]
+    refiner.refine_window(
+        replace(first, frames=first.frames[:k], labels=first.labels[:k], images=images)
+    ).wait()
     warmup = time.perf_counter() - t0
     refiner.stages.reset()
     if refiner.device.type == "cuda":
@@ -307,7 +310,7 @@ def detect_sweep(
                 with torch.inference_mode(), sam2_model.autocast(fast.device):
                     keyframe = None
                     if fast.share_keyframe:
-                        keyframe = fast.tracker.encode_frame(fast.preprocess(window.frames[:1])[0])
+                        keyframe = fast.tracker.encode_frame(fast.preprocess(window)[0])
                     return fast.detect(window, keyframe)[0].cpu()
 
             ms, masks = _time_detect(detect, repeats)

@@ -114,9 +114,12 @@ class EngineConfig:
     low_res_stability: bool = False  # detection's stability score on the low-resolution logits
     #                                  (amg_stats kernel, nothing upsampled) instead of full size
     encode_batch: int = 8  # frames per image-encoder call
+    bf16: str = "off"  # the model's weights, memory bank and position encodings in bf16 (mask
+    #                    logits stay fp32): off; cuda (on CUDA devices only: a CPU's bf16 kernels
+    #                    are no faster); on (forced, also on a CPU: how its agreement is measured)
 
     def __post_init__(self) -> None:
-        _check_choices(self, preprocess=("sam2", "device"))
+        _check_choices(self, preprocess=("sam2", "device"), bf16=("off", "cuda", "on"))
         if not 0 < self.track_scale <= 1:
             raise ValueError(f"EngineConfig: track_scale must be in (0, 1], got {self.track_scale}")
         for name in ("memory_frames", "max_masklets"):
@@ -127,16 +130,29 @@ class EngineConfig:
     def track_size(self, image_size: int) -> int:
         return max(128, round(image_size * self.track_scale / 32) * 32)
 
+    def use_bf16(self, device) -> bool:
+        return self.bf16 == "on" or (self.bf16 == "cuda" and getattr(device, "type", device) == "cuda")
+
 
 # Named speed presets of the fast pipeline, from exact to fastest.
 PRESETS = {
     "exact": EngineConfig(),
-    "fast": EngineConfig(preprocess="device", memory_frames=3, low_res_stability=True),
+    "fast": EngineConfig(preprocess="device", memory_frames=3, low_res_stability=True, bf16="cuda"),
     "faster": EngineConfig(
-        preprocess="device", memory_frames=3, track_scale=0.75, max_masklets=16, low_res_stability=True
+        preprocess="device",
+        memory_frames=3,
+        track_scale=0.75,
+        max_masklets=16,
+        low_res_stability=True,
+        bf16="cuda",
     ),
     "fastest": EngineConfig(
-        preprocess="device", memory_frames=2, track_scale=0.5, max_masklets=12, low_res_stability=True
+        preprocess="device",
+        memory_frames=2,
+        track_scale=0.5,
+        max_masklets=12,
+        low_res_stability=True,
+        bf16="cuda",
     ),
 }
 

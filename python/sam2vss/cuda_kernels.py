@@ -143,11 +143,14 @@ def frame_counts(
     return conf, bconf
 
 
-def vc_step(g, p, prev_g, prev_p, run_g, run_p, first: bool, cap: int, ns: list[int]) -> torch.Tensor:
+def vc_step(
+    g, p, prev_g, prev_p, run_g, run_p, first: bool, cap: int, ns: list[int], ns_t: torch.Tensor
+) -> torch.Tensor:
+    """`ns_t`: the window lengths `ns` as an int32 device tensor ([0] for none), uploaded once
+    by the caller (a fresh torch.tensor here would be a blocking copy per frame)."""
     if len(ns) > 8:
         raise ValueError(f"vc_step on CUDA supports at most 8 window lengths at once, got {len(ns)}")
     n = g.numel()
-    ns_t = torch.tensor(ns or [0], dtype=torch.int32, device=g.device)
     counts = torch.zeros(2 * max(len(ns), 1), dtype=torch.int64, device=g.device)
     _launch(
         "consistency",

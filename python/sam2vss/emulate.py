@@ -173,7 +173,6 @@ class EmulatedCuda:
         if devices < 1:
             raise ValueError(f"EmulatedCuda: devices must be >= 1, got {devices}")
         self.devices, self.strict, self.nvdec, self.nvjpeg = devices, strict, nvdec, nvjpeg
-        self.current = 0
         self._lock = threading.RLock()
         self._tls = threading.local()
         self._pinned: dict[int, weakref.ref] = {}
@@ -189,6 +188,7 @@ class EmulatedCuda:
             self.syncs: list[Sync] = []
             self.mismatches: list[str] = []
             self.sdpa: Counter = Counter()
+            self.transfers: Counter = Counter()  # (h2d | d2h | p2p, call site) -> bytes
             self.windows: list[WindowCounts] = []
             self.phase = "outside"
             self._window: WindowCounts | None = None
@@ -214,8 +214,19 @@ class EmulatedCuda:
         """kind: h2d | d2h | p2p. A blocking transfer synchronises the host."""
         self.count(f"{kind}_copies")
         self.count(f"{kind}_bytes", nbytes)
+        with self._lock:
+            self.transfers[(kind, _site())] += nbytes
         if blocking:
             self.sync(f"blocking {kind} copy of {nbytes} B")
+
+    @property
+    def current(self) -> int:
+        """The calling thread's current device (CUDA's is per host thread; a new thread's is 0)."""
+        return getattr(self._tls, "current", 0)
+
+    @current.setter
+    def current(self, index: int) -> None:
+        self._tls.current = index
 
     @property
     def paused(self) -> bool:
@@ -243,7 +254,11 @@ class EmulatedCuda:
         return torch.device("cuda", index)
 
     def wrap(self, elem: torch.Tensor, device: torch.device) -> EmulatedTensor:
-        out = EmulatedTensor(elem, device)
+        if elem.is_inference() == torch.is_inference_mode_enabled():
+            out = EmulatedTensor(elem, device)
+        else:  # a view of a normal tensor made in inference mode is normal (and vice versa)
+            with torch.inference_mode(elem.is_inference()):
+                out = EmulatedTensor(elem, device)
         key = elem.untyped_storage().data_ptr()
         with self._lock:
             entry = self._live.setdefault(key, [elem.untyped_storage().nbytes(), 0])
@@ -546,7 +561,7 @@ class _DispatchMode(TorchDispatchMode):
         # pinned memory and its queries
         if func is aten.is_pinned.default:
             return emu.is_pinned(args[0]) if not dev else False
-        if func is aten._pin_memory.default:
+        if func in (aten._pin_memory.default, aten.pin_memory.default):
             if dev:
                 emu.mismatch(
                     f"cannot pin '{args[0].type()}' only dense CPU tensors can be pinned (a tensor"
@@ -650,8 +665,7 @@ class _DispatchMode(TorchDispatchMode):
             host = [i for i in tensors if not _is_emulated(i) and i.dim() > 0]
             if host:
                 nbytes = sum(i.numel() * i.element_size() for i in host)
-                self.emu.count("h2d_copies")
-                self.emu.count("h2d_bytes", nbytes)
+                self.emu.transfer("h2d", nbytes, blocking=False)  # the sync is returned
                 return f"{func} with host index tensors (blocking h2d copy of {nbytes} B)"
         return ""
 
@@ -857,8 +871,7 @@ def _patched_libraries(emu: EmulatedCuda) -> Iterator[None]:
                 if torch.device(device).type != "cuda":
                     return decode_jpeg(data, mode=mode, device="cpu", **kw)
                 images = decode_jpeg(data, mode=mode, device="cpu", **kw)
-                emu.count("h2d_copies")
-                emu.count("h2d_bytes", sum(d.numel() for d in data))  # the compressed bytes
+                emu.transfer("h2d", sum(d.numel() for d in data), blocking=False)  # compressed bytes
                 emu.count("launches", len(images))  # nvJPEG: at least one per image
                 return [emu.adopt(im, device) for im in images]
 

@@ -23,7 +23,7 @@ from sam2vss import cuda_kernels, envs
 from sam2vss.config import MetricConfig
 from sam2vss.detect import amg_stats
 from sam2vss.metrics import VCState, Workspace, frame_counts, label_band, vc_step
-from sam2vss.vote import aggregate, aggregate_logits, decide, paint, upsample_logits, vote_histogram
+from sam2vss.vote import aggregate_logits, aggregate_ranked, decide, paint, upsample_logits, vote_counts
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,14 @@ class KernelOps:
             )
         self.backend = backend
         self.threads = 1
+        self._lengths: dict[tuple, torch.Tensor] = {}
+
+    def _window_lengths(self, ns: list[int], device: torch.device) -> torch.Tensor:
+        """The VC window lengths as a device tensor, uploaded once (not a blocking copy per frame)."""
+        key = (tuple(ns), str(device))
+        if key not in self._lengths:
+            self._lengths[key] = torch.tensor(ns or [0], dtype=torch.int32, device=device)
+        return self._lengths[key]
 
     def frame_counts(
         self, gt: torch.Tensor, pred: torch.Tensor, cfg: MetricConfig, ws: Workspace
@@ -139,8 +147,9 @@ class KernelOps:
         if self.backend == "cupy":
             g, p = _labels(g, p, device_type="cuda")
             return cuda_kernels.vc_step(
-                g, p, state.prev_gt, state.prev_pred, state.run_gt, state.run_pred, first, cap, ns
-            )
+                g, p, state.prev_gt, state.prev_pred, state.run_gt, state.run_pred, first, cap, ns,
+                self._window_lengths(ns, g.device),
+            )  # fmt: skip
         g, p = _labels(g, p, device_type="cpu")
         ns_t = torch.tensor(ns, dtype=torch.int64)
         counts = torch.zeros(2 * len(ns), dtype=torch.int64)
@@ -176,17 +185,11 @@ class KernelOps:
         if rank.shape != (logits.shape[0],):
             raise ValueError(f"aggregate: rank must be ({logits.shape[0]},), got {tuple(rank.shape)}")
         n, (big_h, big_w) = logits.shape[0], labels.shape
-        if self.backend == "torch":
-            masks = (
-                upsample_logits(logits, (big_h, big_w)) > 0
-                if n
-                else torch.zeros((0, big_h, big_w), dtype=torch.bool)
-            )
-            if by_logit:
-                ids = aggregate_logits(upsample_logits(logits, (big_h, big_w)))
-            else:
-                ids = aggregate(masks, torch.argsort(rank, stable=True))
-            return ids, vote_histogram(masks, labels, num_classes)
+        if self.backend == "torch":  # no host sync: usable on a GPU without CuPy
+            up = upsample_logits(logits, (big_h, big_w))
+            masks = up > 0
+            ids = aggregate_logits(up) if by_logit else aggregate_ranked(masks, rank)
+            return ids, vote_counts(masks, labels, num_classes)
         logits, rank = logits.contiguous(), rank.to(torch.int32).contiguous()
         if self.backend == "cupy":
             (labels,) = _labels(labels, device_type="cuda")

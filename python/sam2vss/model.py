@@ -66,11 +66,40 @@ def model_identity(cfg: ModelConfig) -> dict:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """An indexed device: `auto` is the current CUDA device when there is one, else the CPU;
+    `cuda` is the current CUDA device; `cuda:N` must exist. (An index-less torch.device("cuda")
+    compares unequal to the cuda:0 tensors decoders return, so nothing downstream sees one.)"""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"--device {device}: not a device ({e}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ModelError(
+            f"--device {device}: unsupported device type {dev.type!r}; use auto, cpu, cuda or cuda:N"
+        )
+    if not torch.cuda.is_available():
         raise ModelError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ModelError(
+            f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1};"
+            " pick one of them (or auto)"
+        )
+    return torch.device("cuda", index)
+
+
+def use_device(device: str = "auto") -> torch.device:
+    """`resolve_device`, and make a CUDA device the current one: CuPy's kernels, DLPack exports
+    and torch's index-less "cuda" all follow the current device. Called once by each refiner and
+    evaluation at construction."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     return dev
 
 

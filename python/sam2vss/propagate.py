@@ -19,7 +19,10 @@ this module to it.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -42,6 +45,54 @@ def preprocess(frame: np.ndarray, image_size: int) -> torch.Tensor:
     mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
     std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
     return (x - mean) / std
+
+
+def resize_frames(frames: torch.Tensor, image_size: int, workers: int = 4) -> torch.Tensor:
+    """(T, 3, H, W) uint8 host frames -> (T, 3, S, S) uint8: SAM2's loader resize (Pillow's
+    default bicubic to S x S), frames in parallel (Pillow releases the GIL while resampling).
+    With `normalize_images` it equals `preprocess` bit for bit; it runs on the decode thread."""
+    rgb = frames.permute(0, 2, 3, 1).cpu().numpy()
+
+    def one(frame: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(frame).resize((image_size, image_size)))
+
+    if len(rgb) > 1 and workers > 1:
+        pool = _resize_pool(workers)
+        out = list(pool.map(one, rgb))
+    else:
+        out = [one(f) for f in rgb]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+@functools.cache
+def _resize_pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=min(workers, os.cpu_count() or 1), thread_name_prefix="sam2vss-resize"
+    )
+
+
+_NORMALIZE: dict[str, torch.Tensor] = {}
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """(T, 3, S, S) uint8 -> float32 model input on the images' device, bit-exact with
+    `preprocess`: a table of the 3 x 256 values SAM2's loader computes (/255 in float64, then
+    mean/std in float32), built once with the same operations on the host, gathered per pixel."""
+    key = str(images.device)
+    if key not in _NORMALIZE:
+        x = torch.from_numpy(np.arange(256) / 255.0).float()[None]  # float64 -> float32, as SAM2
+        mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None]
+        std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None]
+        _NORMALIZE[key] = ((x - mean) / std).reshape(-1).to(images.device)
+    offset = torch.arange(0, 3 * 256, 256, device=images.device)[None, :, None, None]
+    return torch.take(_NORMALIZE[key], images.long() + offset)
+
+
+def to_bf16(model: torch.nn.Module) -> torch.nn.Module:
+    """The bf16 model of the fast presets on CUDA: weights, memory bank and position encodings
+    in bf16 (autocast still runs, now without casting the weights); mask logits stay fp32
+    (SAM2 casts them). Complex RoPE tables are plain attributes, untouched."""
+    return model.to(torch.bfloat16)
 
 
 def to_model_input(frames: torch.Tensor, image_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -110,9 +161,17 @@ class ObjectChunks(torch.nn.Module):
         return torch.cat(parts, dim=1)
 
 
-def default_chunk_tokens(device: torch.device) -> int | None:
-    """Image tokens per memory-attention call: 1024 on a CPU (cache-sized chunks), all on a GPU."""
-    return 1024 if device.type == "cpu" else None
+def default_chunk_tokens(device: torch.device, image_size: int = 1024, budget_mib: int = 4096) -> int:
+    """Image tokens per memory-attention call. On a CPU: 1024 (cache-sized chunks). On a GPU:
+    as many masklets as fit `budget_mib` of activations [est.]: per masklet about 70 MB at 1024
+    (4096 image tokens: queries and MLP ~38 MB in bf16; 28,736 memory keys projected to 256
+    wide, keys and values ~29 MB), so ~60 masklets a call at 1024 and all of a typical keyframe;
+    a keyframe with 100+ masklets runs in a few calls instead of running out of memory."""
+    if device.type == "cpu":
+        return 1024
+    tokens = (image_size // 16) ** 2
+    per_masklet = tokens * (256 * 2 * 12 + 2048 * 2) + 7 * tokens * 256 * 2 * 2
+    return max(1, (budget_mib << 20) // per_masklet) * tokens
 
 
 class BatchedTracker:

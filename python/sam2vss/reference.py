@@ -7,6 +7,12 @@ SAM2VideoPredictor: `init_state` on a per-window frame folder, `add_new_mask` pe
 aggregate, vote and paint (vote.py). Superpixel masklets (scikit-image, per frame, vote scope
 frame) need no model. It is deliberately the straightforward way: the fast engine is held to
 its labels and measured against its speed.
+
+Labels at another resolution than the frames (one rule for both pipelines): a masklet is SAM2's
+low-resolution mask logits resized once, bilinearly (align_corners=False), to the labels'
+resolution, then > 0. The official predictor's video-resolution logits are that resize to the
+frames' size, so the reference reads the low-resolution logits from the predictor's state
+instead of resizing its output a second time; with labels at the frames' size nothing changes.
 """
 
 from __future__ import annotations
@@ -37,9 +43,12 @@ class Window:
     """The inputs of one window (T frames)."""
 
     frames: torch.Tensor  # (T, 3, H, W) uint8 RGB, on the device it was decoded to
-    labels: list[np.ndarray]  # base prediction S_t, (h, w) uint8 each (the output resolution)
+    labels: torch.Tensor  # (T, h, w) uint8 base predictions S_t (the output resolution), on the
+    #                       refiner's device (uploaded once per window, pinned and non-blocking)
     paths: list[Path] | None  # the frames' image files, when they come from a folder
     instances: np.ndarray | None  # (h, w) instance ids of the first frame (masks="instances")
+    images: torch.Tensor | None = None  # (T, 3, S, S) uint8 model-size frames on the refiner's
+    #                                      device, resized on the decode thread (FastRefiner.prepare)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,34 @@ class WindowStats:
     frames: int
     masklets: int  # masklets tracked through the window (superpixels: mean segments per frame)
     covered: float  # share of the window's label pixels inside at least one masklet
+
+
+@dataclass
+class Refined:
+    """One window's refined labels on the host. From a GPU they are copied back asynchronously
+    into pinned memory: `frame(t)` and `stats` wait for that copy (the PNG writers call them on
+    their threads), so the compute thread never blocks on it."""
+
+    labels: torch.Tensor  # (T, h, w) uint8 on the host
+    masklets: int
+    covered: torch.Tensor | int  # label pixels inside at least one masklet (host)
+    ready: object | None = None  # a CUDA event recorded after the copies; None: already complete
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
+
+    def frame(self, t: int) -> np.ndarray:
+        self.wait()
+        return self.labels[t].numpy()
+
+    @property
+    def stats(self) -> WindowStats:
+        self.wait()
+        return WindowStats(len(self), self.masklets, int(self.covered) / max(self.labels.numel(), 1))
 
 
 def superpixels(image: np.ndarray, cfg: RefineConfig) -> np.ndarray:
@@ -76,17 +113,20 @@ def _resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 class ReferenceRefiner:
     """Refines one video at a time; construct once (it builds the model once)."""
 
-    frames_device = torch.device("cpu")  # where windows are decoded to: the official classes take host frames
-
     def __init__(self, cfg: RefineConfig, model_cfg: ModelConfig | None = None):
         self.cfg = cfg
         self.predictor = None
         self.generator = None
         self.stages = Stages()
-        self.last_window: WindowStats | None = None  # set by every refine_window call
+        self.device = torch.device("cpu")  # where the model runs and the labels are uploaded to
+        self.frames_device = torch.device(
+            "cpu"
+        )  # where windows are decoded to: the official classes take host frames
+        self.model_dtype = "float32"
+        self._last: Refined | None = None
         if cfg.masks != "superpixel":
             model_cfg = model_cfg or ModelConfig()
-            self.device = sam2_model.resolve_device(model_cfg.device)
+            self.device = sam2_model.use_device(model_cfg.device)
             self.predictor = sam2_model.build(model_cfg, video=True)
             if cfg.masks == "sam2":
                 self.generator = sam2_model.mask_generator(
@@ -97,6 +137,11 @@ class ReferenceRefiner:
                     stability_score_offset=cfg.stability_offset,
                     box_nms_thresh=cfg.box_nms_thresh,
                 )
+
+    @property
+    def last_window(self) -> WindowStats | None:
+        """What the last refine_window call found (waits for its device copy, if any)."""
+        return None if self._last is None else self._last.stats
 
     # ------------------------------------------------------------------ masklets
     def _keyframe_masks(self, window: Window) -> tuple[list[np.ndarray], torch.Tensor]:
@@ -136,8 +181,9 @@ class ReferenceRefiner:
                 for t, obj_ids, logits in self.predictor.propagate_in_video(state):
                     order = np.argsort(np.asarray(obj_ids))
                     logits = logits[torch.as_tensor(order)].float()
-                    if logits.shape[-2:] != out_hw:
-                        logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
+                    if logits.shape[-2:] != out_hw:  # one resize from low resolution (module docstring)
+                        low = self._low_res_logits(state, t, [obj_ids[k] for k in order])
+                        logits = F.interpolate(low, size=out_hw, mode="bilinear", align_corners=False)
                     if not with_features:
                         yield logits[:, 0].cpu()
                         continue
@@ -148,27 +194,38 @@ class ReferenceRefiner:
                     yield logits[:, 0].cpu(), feats.float().cpu()
                 self.predictor.reset_state(state)
 
+    @staticmethod
+    def _low_res_logits(state: dict, t: int, obj_ids: list[int]) -> torch.Tensor:
+        """(N, 1, h, w) float32 low-resolution mask logits of frame t, as the predictor stored
+        them for each object (what its video-resolution output was resized from)."""
+        outs = []
+        for obj_id in obj_ids:
+            per_obj = state["output_dict_per_obj"][state["obj_id_to_idx"][obj_id]]
+            out = per_obj["cond_frame_outputs"].get(t) or per_obj["non_cond_frame_outputs"][t]
+            outs.append(out["pred_masks"].float())
+        return torch.cat(outs).to(state["device"])
+
     # ------------------------------------------------------------------ refine
-    def refine_window(self, window: Window) -> list[np.ndarray]:
+    def refine_window(self, window: Window) -> Refined:
         cfg, c = self.cfg, self.cfg.num_classes
-        labels = [torch.from_numpy(s) for s in window.labels]
+        labels = list(window.labels.cpu())
         if cfg.masks == "superpixel":
             out, segments = [], 0
             for frame, s in zip(to_rgb(window.frames), labels, strict=True):
                 seg = torch.from_numpy(superpixels(_resize_image(frame, tuple(s.shape)), cfg))
                 n = int(seg.max()) + 1
                 segments += n
-                out.append(paint(seg, decide(id_histogram(seg, s, n, c)), s).numpy())
-            self.last_window = WindowStats(len(out), round(segments / len(out)), 1.0)
-            return out
+                out.append(paint(seg, decide(id_histogram(seg, s, n, c)), s))
+            self._last = Refined(torch.stack(out), round(segments / len(out)), sum(s.numel() for s in labels))
+            return self._last
 
         masks0, areas = self._keyframe_masks(window)
         if not masks0:
-            self.last_window = WindowStats(len(labels), 0, 0.0)
-            return [s.numpy() for s in labels]
+            self._last = Refined(torch.stack(labels), 0, 0)
+            return self._last
         order = paint_order(areas, cfg.paint_order)
         ids, hists = [], torch.zeros((len(masks0), c), dtype=torch.int64)
-        out: list[np.ndarray] = []
+        out: list[torch.Tensor] = []
         covered = 0
         for logits, s in zip(self._propagate(window, masks0), labels, strict=True):
             masks = logits > 0
@@ -176,11 +233,11 @@ class ReferenceRefiner:
             covered += int((ids[-1] >= 0).sum())
             hist = vote_histogram(masks, s, c)
             if cfg.vote_scope == "frame":
-                out.append(paint(ids[-1], decide(hist), s).numpy())
+                out.append(paint(ids[-1], decide(hist), s))
             else:
                 hists += hist
         if cfg.vote_scope == "masklet":
             classes = decide(hists)
-            out = [paint(i, classes, s).numpy() for i, s in zip(ids, labels, strict=True)]
-        self.last_window = WindowStats(len(labels), len(masks0), covered / sum(s.numel() for s in labels))
-        return out
+            out = [paint(i, classes, s) for i, s in zip(ids, labels, strict=True)]
+        self._last = Refined(torch.stack(out), len(masks0), covered)
+        return self._last

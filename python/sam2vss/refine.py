@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -28,7 +29,7 @@ from sam2vss.config import RefineConfig
 from sam2vss.data import IMAGE_SUFFIXES, DataError, Dataset, list_frames, match_frames, read_label_png
 from sam2vss.engine import make_refiner
 from sam2vss.model import ModelConfig, model_identity
-from sam2vss.reference import ReferenceRefiner, Window
+from sam2vss.reference import ReferenceRefiner, Refined, Window
 from sam2vss.sinks import write_json, write_label_png
 from sam2vss.sources import Prefetcher, open_source
 
@@ -127,10 +128,20 @@ def output_digest(job: VideoJob, out: Path) -> str:
     return h.hexdigest()
 
 
-def _windows(job: VideoJob, window: int, device: str | torch.device = "cpu") -> Iterator[tuple[int, Window]]:
+def _windows(
+    job: VideoJob,
+    window: int,
+    device: str | torch.device = "cpu",
+    compute_device: str | torch.device | None = None,
+    prepare=None,
+) -> Iterator[tuple[int, Window]]:
     """The job's windows in order: frames decoded by its source (onto `device` where the backend
-    can), base predictions and, for masks="instances", the first frame's instance ids."""
+    can), base predictions (one uint8 tensor per window on `compute_device`, default `device`,
+    uploaded pinned and non-blocking), `prepare(frames)` (the refiner's model-size images, when
+    it has them) and, for masks="instances", the first frame's instance ids. Runs on the decode
+    thread (Prefetcher), one window ahead of the compute."""
     names = list(job.label_names)
+    compute_device = torch.device(compute_device or device)
     with open_source(job.video, job.decoder, device) as source:
         if len(source) != len(names):
             raise DataError(
@@ -140,12 +151,39 @@ def _windows(job: VideoJob, window: int, device: str | torch.device = "cpu") -> 
         inst_names = list_frames(job.instance_dir) if job.instance_dir is not None else []
         for start, frames in zip(range(0, len(names), window), source.windows(window), strict=True):
             stop = start + frames.shape[0]
-            labels = [read_label_png(job.label_dir / n) for n in names[start:stop]]
+            labels = _stack_labels([job.label_dir / n for n in names[start:stop]])
+            if compute_device.type == "cuda":
+                labels = labels.pin_memory().to(compute_device, non_blocking=True)
             inst = None
             if len(inst_names) == len(names):
                 inst = read_label_png(job.instance_dir / inst_names[start])
             paths = None if source.paths is None else source.paths[start:stop]
-            yield start, Window(frames, labels, paths, inst)
+            images = prepare(frames) if prepare is not None else None
+            yield start, Window(frames, labels, paths, inst, images)
+
+
+def _stack_labels(paths: list[Path]) -> torch.Tensor:
+    """(T, h, w) uint8 base labels of one window."""
+    arrays = [read_label_png(p) for p in paths]
+    for p, a in zip(paths, arrays, strict=True):
+        if a.shape != arrays[0].shape:
+            raise DataError(
+                f"{p}: label map is {a.shape[1]}x{a.shape[0]} (WxH) but {paths[0].name} is"
+                f" {arrays[0].shape[1]}x{arrays[0].shape[0]}; all of a video's labels must have one size"
+            )
+    return torch.from_numpy(np.stack(arrays))
+
+
+def refiner_windows(refiner: ReferenceRefiner, job: VideoJob, window: int | None = None):
+    """`_windows` as `refiner` consumes them: decoded where it wants frames, labels on its device,
+    its model-size images prepared."""
+    return _windows(
+        job,
+        window or refiner.cfg.window,
+        refiner.frames_device,
+        refiner.device,
+        getattr(refiner, "prepare", None),
+    )
 
 
 def refine_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, num_classes: int, bar: tqdm) -> int:
@@ -157,17 +195,16 @@ def refine_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, num_classe
     written = 0
     for stale in (out / job.name).glob(".*.tmp"):  # left by a killed run: its writes never completed
         stale.unlink(missing_ok=True)
-    windows = Prefetcher(_windows(job, refiner.cfg.window, refiner.frames_device))
+    windows = Prefetcher(refiner_windows(refiner, job))
     writes: list[Future] = []
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam2vss-write")
     t_window = time.perf_counter()
     try:
         for start, window in windows:
-            for t, refined in enumerate(refiner.refine_window(window)):
-                if refined.max(initial=0) >= num_classes:
-                    raise RuntimeError(f"refined labels out of range in {job.name} frame {start + t}")
+            refined = refiner.refine_window(window)
+            for t in range(len(refined)):
                 path = out / job.name / (Path(job.label_names[start + t]).stem + ".png")
-                writes.append(pool.submit(write_label_png, path, refined))
+                writes.append(pool.submit(_write_frame, path, refined, t, num_classes))
             t0 = time.perf_counter()
             written += _drain(writes, keep=refiner.cfg.window, bar=bar)
             now = time.perf_counter()
@@ -182,6 +219,14 @@ def refine_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, num_classe
         pool.shutdown(wait=True, cancel_futures=True)
         refiner.stages.add("decode wait", windows.wait_s)
     return written
+
+
+def _write_frame(path: Path, refined: Refined, t: int, num_classes: int) -> None:
+    """On a writer thread: wait for the window's device copy, check, write the PNG atomically."""
+    labels = refined.frame(t)
+    if labels.max(initial=0) >= num_classes:
+        raise RuntimeError(f"{path}: refined label {labels.max()} is outside 0..{num_classes - 1}")
+    write_label_png(path, labels)
 
 
 def _drain(writes: list[Future], keep: int, bar: tqdm) -> int:

@@ -165,7 +165,7 @@ def _window_masklets(cfg, refiner, source, inst_paths: list[Path], start: int, f
     imgs = to_rgb(frames)
     if cfg.masklets == "sam2":
         share = cfg.features == "sam2"
-        blank = [np.zeros(imgs[0].shape[:2], np.uint8)] * len(imgs)
+        blank = torch.zeros((len(imgs), *imgs[0].shape[:2]), dtype=torch.uint8)
         window = Window(frames, blank, source.paths[start : start + len(imgs)], None)
         masks0, _ = refiner._keyframe_masks(window)
         if not masks0:

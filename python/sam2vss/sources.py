@@ -12,6 +12,9 @@ byte for byte on the dev machine.
 Backends, best first for `auto`: torchcodec (NVDEC when the device is cuda and torch has CUDA),
 decord (CPU context; GPU context only when the installed decord was built with CUDA), pyav (FFmpeg
 bundled, works everywhere); `frames` for folders (batched decode_jpeg, nvJPEG on cuda).
+GPU decoding is probed once per backend on the first video: if it fails where CPU decoding of
+the same file works (decord's PyPI wheel has no CUDA; torchcodec may lack NVDEC), the backend
+decodes on the CPU from then on and copies through pinned memory, with one log line.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class _Source:
     def __init__(self, path: Path, device: str | torch.device = "cpu"):
         self.path = Path(path)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.paths: list[Path] | None = None
         if not self.path.exists():
             raise DataError(f"{self.path}: no such video file or frame folder")
@@ -98,11 +103,9 @@ class _Source:
             raise
         except Exception as e:  # decoder libraries raise their own types; name the file
             raise DataError(f"{self.path}: cannot decode frames {start}..{stop - 1} ({e})") from e
-        if frames.device != self.device:  # a CPU decoder feeding a GPU: copy from pinned memory
-            if self.device.type == "cuda":
-                return frames.pin_memory().to(self.device, non_blocking=True)
-            return frames.to(self.device)
-        return frames
+        if frames.device.type == "cpu" and self.device.type == "cuda":  # a CPU decoder feeding a GPU
+            return frames.pin_memory().to(self.device, non_blocking=True)
+        return frames.to(self.device)  # a no-op when decoded on the device
 
     def frame(self, index: int) -> torch.Tensor:
         return self.window(index, index + 1)[0]
@@ -121,19 +124,49 @@ class _Source:
         self.close()
 
 
+# Backends whose GPU decoding failed here (probed on the first video that tried it).
+_NO_GPU_DECODE: set[str] = set()
+
+
+def _gpu_decode(backend: str, path: Path, device: torch.device, open_gpu, open_cpu):
+    """open_gpu() when `device` is CUDA and the backend's GPU decoding works here, else
+    open_cpu(). A GPU failure on a file the CPU decodes means the GPU path is unavailable (not a
+    bad file): logged once, CPU decoding from then on."""
+    if device.type != "cuda" or backend in _NO_GPU_DECODE:
+        return open_cpu(), False
+    try:
+        return open_gpu(), True
+    except Exception as e:  # decoder libraries raise their own types
+        handle = open_cpu()  # raises DataError for a bad file
+        _NO_GPU_DECODE.add(backend)
+        log.warning(
+            "%s cannot decode on %s here (%s: %s); decoding on the CPU and copying through pinned memory",
+            backend, device, type(e).__name__, str(e).splitlines()[0] if str(e) else "",
+        )  # fmt: skip
+        return handle, False
+
+
 class TorchcodecSource(_Source):
     """torchcodec's VideoDecoder in exact seek mode (a packet scan gives exact indices)."""
 
     backend = "torchcodec"
 
     def _open(self) -> SourceInfo:
-        device = "cuda" if self.device.type == "cuda" else "cpu"  # NVDEC decodes straight to the GPU
-        try:
-            self._dec = _video_decoder(
-                str(self.path), device=device, seek_mode="exact", dimension_order="NCHW"
-            )
-        except (RuntimeError, ValueError) as e:
-            raise self._unreadable(e) from e
+        def open_on(device: str):
+            try:
+                dec = _video_decoder(str(self.path), device=device, seek_mode="exact", dimension_order="NCHW")
+                if device != "cpu" and (dec.metadata.num_frames or 0):
+                    dec.get_frames_in_range(0, 1)  # NVDEC problems surface on the first decode
+                return dec
+            except (RuntimeError, ValueError) as e:
+                if device != "cpu":
+                    raise
+                raise self._unreadable(e) from e
+
+        # NVDEC decodes straight into the device's memory (the index matters: cuda:1 is not cuda)
+        self._dec, _ = _gpu_decode(
+            "torchcodec", self.path, self.device, lambda: open_on(str(self.device)), lambda: open_on("cpu")
+        )
         m = self._dec.metadata
         return SourceInfo(m.num_frames or 0, m.average_fps, m.height, m.width)
 
@@ -154,11 +187,23 @@ class DecordSource(_Source):
     def _open(self) -> SourceInfo:
         import decord
 
-        ctx = decord.gpu(self.device.index or 0) if self.device.type == "cuda" else decord.cpu(0)
-        try:
-            self._vr = decord.VideoReader(str(self.path), ctx=ctx)
-        except (decord.DECORDError, RuntimeError) as e:
-            raise self._unreadable(e) from e
+        def open_on(ctx):
+            try:
+                return decord.VideoReader(str(self.path), ctx=ctx)
+            except (decord.DECORDError, RuntimeError) as e:
+                if ctx is not cpu:
+                    raise
+                raise self._unreadable(e) from e
+
+        cpu = decord.cpu(0)
+        # decord's PyPI wheel has no CUDA: its GPU context fails and the probe falls back
+        self._vr, _ = _gpu_decode(
+            "decord",
+            self.path,
+            self.device,
+            lambda: open_on(decord.gpu(self.device.index)),
+            lambda: open_on(cpu),
+        )
         h, w = self._vr[0].shape[:2] if len(self._vr) else (0, 0)
         self._vr.seek(0)
         return SourceInfo(len(self._vr), self._vr.get_avg_fps(), h, w)
@@ -232,12 +277,15 @@ class FrameSource(_Source):
         decode_jpeg, decode_image = _image_decoders()
         paths = self.paths[start:stop]
         data = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
-        device = self.device if self.device.type == "cuda" else "cpu"
         try:
             if all(p.suffix.lower() in (".jpg", ".jpeg") for p in paths):
-                images = decode_jpeg(data, mode="RGB", device=device)
-            else:
-                images = [decode_image(d, mode="RGB").to(device) for d in data]
+                images, _ = _gpu_decode(  # nvJPEG on CUDA
+                    "nvjpeg", self.path, self.device,
+                    lambda: decode_jpeg(data, mode="RGB", device=self.device),
+                    lambda: decode_jpeg(data, mode="RGB", device="cpu"),
+                )  # fmt: skip
+            else:  # PNG frames decode on the CPU; window() copies them through pinned memory
+                images = [decode_image(d, mode="RGB") for d in data]
         except RuntimeError as e:
             bad = _first_undecodable(paths)
             raise DataError(f"{bad}: cannot decode image ({e}); the file is damaged or truncated") from e

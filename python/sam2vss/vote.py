@@ -8,21 +8,31 @@ These are the reference twins of the aggregate and vote kernels and run on any d
   pixels (its full mask, not only where it won the paint); c_k = argmax, ties to the lowest
   class id (torch.argmax returns the first maximum).
 - paint: R = c[id] where a masklet won, S elsewhere.
+`aggregate` and `vote_histogram` are written the straightforward way (a paint loop, nonzero and
+bincount: host syncs on a GPU) for the reference pipeline; `aggregate_ranked` and `vote_counts`
+compute the same without a host sync (a max over ranks, a scatter-add), as the kernels' twins.
 """
 
 from __future__ import annotations
 
 import torch
 
+_LERPS: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
 
 def _lerp(out_size: int, in_size: int, device) -> tuple[torch.Tensor, ...]:
-    """Source indices and weights of F.interpolate's align_corners=False grid, in float32 ops."""
-    scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32)
-    src = (scale * (torch.arange(out_size, dtype=torch.float32) + 0.5) - 0.5).clamp(min=0)
-    i0 = src.long()
-    i1 = i0 + (i0 < in_size - 1).long()
-    l1 = src - i0.float()
-    return i0.to(device), i1.to(device), (1.0 - l1).to(device), l1.to(device)
+    """Source indices and weights of F.interpolate's align_corners=False grid, in float32 ops,
+    built on `device` (no host-to-device copy) and cached per sizes and device."""
+    key = (out_size, in_size, str(device))
+    if key not in _LERPS:
+        f32 = {"dtype": torch.float32, "device": device}
+        scale = torch.full((), in_size, **f32) / torch.full((), out_size, **f32)
+        src = (scale * (torch.arange(out_size, **f32) + 0.5) - 0.5).clamp(min=0)
+        i0 = src.long()
+        i1 = i0 + (i0 < in_size - 1).long()
+        l1 = src - i0.float()
+        _LERPS[key] = (i0, i1, 1.0 - l1, l1)
+    return _LERPS[key]
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -55,6 +65,16 @@ def aggregate(masks: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return ids
 
 
+def aggregate_ranked(masks: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """`aggregate` without a host sync: the covering masklet of the highest paint rank wins
+    (rank (N,) distinct ints: position in the paint order), -1 where none covers."""
+    if masks.shape[0] == 0:
+        return torch.full(masks.shape[1:], -1, dtype=torch.int32, device=masks.device)
+    score = torch.where(masks, rank.to(torch.int32)[:, None, None], -1)
+    best, ids = score.max(dim=0)
+    return torch.where(best >= 0, ids.int(), -1)
+
+
 def aggregate_logits(logits: torch.Tensor) -> torch.Tensor:
     """(N, H, W) logits -> (H, W) int32 id of the highest logit where it is > 0, else -1."""
     if logits.shape[0] == 0:
@@ -69,6 +89,18 @@ def vote_histogram(masks: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     k, y, x = masks.nonzero(as_tuple=True)
     flat = k * num_classes + labels[y, x].long()
     return torch.bincount(flat, minlength=n * num_classes).view(n, num_classes)
+
+
+def vote_counts(masks: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`vote_histogram` without a host sync (a scatter-add over every pixel); labels >= C cast no
+    vote, as in the kernels. (N, C) int64."""
+    n = masks.shape[0]
+    valid = (labels < num_classes).view(1, -1)
+    index = torch.arange(n, device=masks.device)[:, None] * num_classes + labels.view(1, -1).long()
+    index = torch.where(valid, index, 0)
+    votes = (masks.reshape(n, labels.numel()) & valid).long()
+    hist = torch.zeros(n * num_classes, dtype=torch.int64, device=masks.device)
+    return hist.scatter_add_(0, index.view(-1), votes.view(-1)).view(n, num_classes)
 
 
 def id_histogram(ids: torch.Tensor, labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
