@@ -135,3 +135,22 @@ def test_complex_rope_is_detected_in_sams_own_graph(model):
     with torch.no_grad():
         ep = torch.export.export(attn.eval(), (x, x, x))
     assert _complex_nodes(ep)
+
+
+def test_engine_key_follows_the_exported_model(model):
+    """TensorRT engines are keyed by the model actually exported: the faster presets' smaller
+    tracker, a bf16 model and the bucket each get their own file; no model config is fine."""
+    from copy import deepcopy
+
+    from sam2vss.backends import engine_key
+
+    small = build(ModelConfig(image_size=192))
+    bf16 = deepcopy(model).to(torch.bfloat16)
+    keys = {
+        engine_key(model, MODEL, 8, versions={}),
+        engine_key(small, MODEL, 8, versions={}),  # same config, the tracker exported at 192
+        engine_key(bf16, MODEL, 8, versions={}),
+        engine_key(model, MODEL, 1, versions={}),
+    }
+    assert len(keys) == 4
+    assert engine_key(model, None, 8, versions={}) == engine_key(model, MODEL, 8, versions={})

@@ -234,3 +234,25 @@ def test_presets_cap_masklets_and_shrink_tracking(clip):
     with torch.inference_mode():
         (first, *_) = fastest.tracker.track(fastest.preprocess(window), masks)
     assert first.shape == (2, 1, 32, 32)  # 128 / 4
+
+
+def test_labels_at_another_resolution_follow_one_rule(tmp_path):
+    """Frames 241x427, labels 121x214 (odd sizes): both pipelines resize SAM2's low-resolution
+    logits once to the labels' size (reference.py), so they agree as at equal sizes."""
+    from PIL import Image
+
+    from sam2vss.sinks import write_label_png
+
+    cfg = SynthConfig(videos=1, frames=3, height=241, width=427, objects=4, train_videos=0, seed=8)
+    root = synthesize(tmp_path / "ds", cfg, progress=False)
+    small = tmp_path / "small"
+    for p in sorted((root / "pred_base").rglob("*.png")):
+        label = Image.fromarray(read_label_png(p)).resize((214, 121), Image.NEAREST)
+        write_label_png(small / p.parent.name / p.name, np.asarray(label))
+    jobs = dataset_jobs(open_dataset(root), small, "val")
+    refine = RefineConfig(masks="instances", window=3)
+    refine_jobs(jobs, tmp_path / "ref", refine, MODEL, progress=False)
+    refine_jobs(jobs, tmp_path / "fast", refine, MODEL, progress=False, pipeline="fast")
+    agreement, pixels = _agreement(tmp_path / "ref", tmp_path / "fast")
+    print(f"labels at 121x214, frames at 241x427: agreement {100 * agreement:.4f}% of {pixels} pixels")
+    assert pixels == 3 * 121 * 214 and agreement >= 0.9999

@@ -113,3 +113,32 @@ def test_rerun_after_completion_does_no_work(four_videos, tmp_path):
     victim.write_bytes(victim.read_bytes()[:-9])
     redo = _refine(four_videos, tmp_path / "ray", "--runner", "local")
     assert "refined 1 videos" in redo.stdout and "skipped 3 already done" in redo.stdout
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "want"),
+    [
+        ("auto", 2, ("cuda", True)),
+        ("auto", 0, ("cpu", False)),
+        ("cuda", 1, ("cuda", True)),
+        ("cpu", 4, ("cpu", False)),
+    ],
+)
+def test_actor_device(device, gpus, want):
+    """--device under --runner ray: each actor's own GPU (cuda:0 inside it), or the CPU."""
+    from sam2vss.model import ModelConfig
+    from sam2vss.scale import actor_device
+
+    cfg, on_gpu = actor_device(ModelConfig(device=device), gpus)
+    assert (cfg.device, on_gpu) == want
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "message"), [("cuda:1", 2, "sees as cuda:0"), ("cuda", 0, "no GPUs")]
+)
+def test_actor_device_errors(device, gpus, message):
+    from sam2vss.model import ModelConfig
+    from sam2vss.scale import actor_device
+
+    with pytest.raises(ValueError, match=message):
+        actor_device(ModelConfig(device=device), gpus)

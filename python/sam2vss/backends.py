@@ -150,7 +150,8 @@ def _complex_nodes(exported) -> list[str]:
 
 def export_encoder(model: torch.nn.Module, batch: int):
     """torch.export of the image encoder at a static (batch, 3, S, S) input."""
-    x = torch.randn(batch, 3, model.image_size, model.image_size, device=next(model.parameters()).device)
+    param = next(model.image_encoder.parameters())  # a bf16 model exports with bf16 inputs
+    x = torch.randn(batch, 3, model.image_size, model.image_size, device=param.device, dtype=param.dtype)
     return torch.export.export(EncoderOutputs(model.image_encoder).eval(), (x,)), x
 
 
@@ -216,22 +217,29 @@ def cache_dir() -> Path:
     return Path(envs.SAM2VSS_CACHE or Path.home() / ".cache" / "sam2vss")
 
 
-def engine_key(model_cfg, bucket: int, dtype: torch.dtype) -> str:
-    """What a TensorRT engine depends on: model, weights, image size, bucket, precision, the
-    library versions and the GPU architecture."""
-    import torch_tensorrt
+def engine_key(model: torch.nn.Module, model_cfg, bucket: int, versions: dict | None = None) -> str:
+    """What a TensorRT engine depends on, read off the model actually exported (the faster
+    presets export a smaller tracker than the configured model): model and weights at the
+    exported image size, input dtype and shape, bucket, library versions and GPU architecture."""
+    from dataclasses import replace
 
-    from sam2vss.model import model_identity
+    from sam2vss.model import ModelConfig, model_identity
 
+    size = model.image_size
+    dtype = next(model.image_encoder.parameters()).dtype
     parts = {
-        "model": model_identity(model_cfg),
-        "bucket": bucket,
-        "dtype": str(dtype),
-        "torch": torch.__version__,
-        "torch_tensorrt": torch_tensorrt.__version__,
-        "sm": "{}{}".format(*torch.cuda.get_device_capability()),
+        "model": model_identity(replace(model_cfg or ModelConfig(), image_size=size)),
+        "input": f"{bucket}x3x{size}x{size} {dtype}",
+        **(versions if versions is not None else _tensorrt_versions()),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _tensorrt_versions() -> dict:
+    import torch_tensorrt
+
+    sm = "{}{}".format(*torch.cuda.get_device_capability())
+    return {"torch": torch.__version__, "torch_tensorrt": torch_tensorrt.__version__, "sm": sm}
 
 
 def _tensorrt_encoder(model: torch.nn.Module, model_cfg, buckets: tuple[int, ...]) -> BucketedEncoder:
@@ -239,7 +247,7 @@ def _tensorrt_encoder(model: torch.nn.Module, model_cfg, buckets: tuple[int, ...
 
     compiled = {}
     for b in buckets:
-        path = cache_dir() / f"encoder_{engine_key(model_cfg, b, torch.bfloat16)}.ep"
+        path = cache_dir() / f"encoder_{engine_key(model, model_cfg, b)}.pt2"  # torch.export's suffix
         if path.is_file():
             compiled[b] = torch.export.load(str(path)).module()
             log.info("TensorRT encoder (batch %d) loaded from %s", b, path)
@@ -249,7 +257,7 @@ def _tensorrt_encoder(model: torch.nn.Module, model_cfg, buckets: tuple[int, ...
             ep, inputs=[x], enabled_precisions={torch.bfloat16, torch.float32}
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.stem}.tmp.pt2")
         torch_tensorrt.save(trt, str(tmp), inputs=[x])
         tmp.rename(path)
         compiled[b] = trt

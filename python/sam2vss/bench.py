@@ -57,6 +57,14 @@ class Row:
     model_gflop_per_frame: float | None = None
     achieved_gflops: float | None = None  # model FLOPs x frames/s
     ceiling_share: float | None = None  # achieved / matmul ceiling
+    # --emulate-cuda (sam2vss.emulate; counts after the warm-up, the timings are the CPU's):
+    launches_per_frame: float | None = None  # device launches of the windows / their frames
+    syncs_per_frame: float | None = None  # host syncs in the frames after each keyframe
+    syncs_per_window: float | None = None
+    h2d_bytes_per_frame: float | None = None  # every thread's copies (the decode thread's too)
+    d2h_bytes_per_frame: float | None = None
+    mismatches: int | None = None  # host/device or cross-device mixes CUDA would reject
+    sdpa_backends: dict | None = None  # attention calls per backend CUDA would pick
 
 
 def _sync() -> None:
@@ -136,10 +144,21 @@ def _peak_mem_mib(device: torch.device) -> float:
 WARMUP_FRAMES = 17
 
 
-def _run(refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset: str, backend: str) -> Row:
+EMULATED_FIELDS = (
+    "launches_per_frame", "syncs_per_frame", "syncs_per_window", "h2d_bytes_per_frame",
+    "d2h_bytes_per_frame", "mismatches", "sdpa_backends",
+)  # fmt: skip
+
+
+def _run(
+    refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset: str, backend: str, emu=None
+) -> Row:
     """A warm-up window of up to WARMUP_FRAMES frames (lazy initialisation, allocator, and the
     compiled backends' graphs for every shape a window meets), then the whole clip through the
-    refine loop."""
+    refine loop. With `emu` (an EmulatedCuda), the row gets the emulated device's counts of the
+    timed part."""
+    if emu is not None:
+        emu.instrument(refiner)
     first = next(iter(refiner_windows(refiner, job)))[1]
     t0 = time.perf_counter()
     k = WARMUP_FRAMES
@@ -149,12 +168,18 @@ def _run(refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset:
     ).wait()
     warmup = time.perf_counter() - t0
     refiner.stages.reset()
+    if emu is not None:
+        emu.reset()
     if refiner.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(refiner.device)
     t0 = time.perf_counter()
     n = refine_video(refiner, job, out, refiner.cfg.num_classes, tqdm(disable=True))
     total = time.perf_counter() - t0
     per_frame = [s / f for s, f in refiner.stages.windows]
+    counts = {}
+    if emu is not None:
+        summary = emu.summary()
+        counts = {k: summary[k] for k in EMULATED_FIELDS}
     return Row(
         name,
         preset,
@@ -165,8 +190,9 @@ def _run(refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset:
         1e3 * statistics.median(per_frame),
         1e3 * float(np.percentile(per_frame, 99)),
         refiner.stages.per_frame_ms(n),
-        _peak_mem_mib(refiner.device),
+        emu.peak / 2**20 if emu is not None else _peak_mem_mib(refiner.device),
         warmup,
+        **counts,
     )
 
 
@@ -201,40 +227,58 @@ def run_bench(
     compare_reference: bool,
     runs: tuple[tuple[str, str], ...] = (("exact", "eager"),),
     progress: bool = True,
+    masks: str = "instances",
+    emulate: bool = False,
 ) -> tuple[list[Row], float]:
     """The rows (per window size: the reference if asked, then each (preset, backend) run) and
-    the matmul ceiling in FLOP/s."""
+    the matmul ceiling in FLOP/s. `masks`: instances (prompted from the clip's instance masks)
+    or sam2 (detection with the grid and thresholds lowered for random weights). `emulate`: run
+    everything on the emulated CUDA device and add its counts to the rows (no floor, no
+    ceiling: CPU timings of an emulation measure nothing about a GPU)."""
+    if emulate:
+        from sam2vss.emulate import EmulatedCuda
+
+        with EmulatedCuda(strict=False) as emu:
+            cfg = replace(model_cfg, device="cuda")
+            return _rows(job, cfg, windows, compare_reference, runs, progress, masks, emu), 0.0
     ceiling = matmul_ceiling(sam2_model.resolve_device(model_cfg.device))
-    rows: list[Row] = []
-    bar = tqdm(total=len(windows) * (len(runs) + compare_reference), desc="bench", disable=not progress)
-    with tempfile.TemporaryDirectory(prefix="sam2vss_bench_") as tmp:
-        for w in windows:
-            ref_out = Path(tmp) / f"reference_w{w}"
-            if compare_reference:
-                ref = ReferenceRefiner(RefineConfig(masks="instances", window=w), model_cfg)
-                rows.append(_run(ref, job, ref_out, "reference", "-", "-"))
-                bar.update()
-            for preset, backend in runs:
-                cfg = RefineConfig(masks="instances", window=w, preset=preset, backend=backend)
-                fast = FastRefiner(cfg, model_cfg, synced_stages=True)
-                out = Path(tmp) / f"{preset}_{backend}_w{w}"
-                row = _run(fast, job, out, "fast", preset, backend)
-                floor_s, flops = model_floor(fast, job, w)
-                row.floor_ms = 1e3 * floor_s
-                row.over_floor = (1e3 / row.fps) / row.floor_ms
-                row.model_gflop_per_frame = flops / 1e9
-                row.achieved_gflops = flops * row.fps / 1e9
-                row.ceiling_share = flops * row.fps / ceiling
-                if compare_reference:
-                    row.agreement = agreement(job, ref_out, out)
-                rows.append(row)
-                bar.update()
-    bar.close()
+    rows = _rows(job, model_cfg, windows, compare_reference, runs, progress, masks, None)
     ceiling = max(ceiling, matmul_ceiling(sam2_model.resolve_device(model_cfg.device)))
     for r in rows:
         if r.achieved_gflops is not None:
             r.ceiling_share = 1e9 * r.achieved_gflops / ceiling
     return rows, ceiling
+
+
+def _rows(job, model_cfg, windows, compare_reference, runs, progress, masks, emu) -> list[Row]:
+    rows: list[Row] = []
+    detection = {"grid": 16, **RANDOM_WEIGHT_DETECTION} if masks == "sam2" else {}
+    bar = tqdm(total=len(windows) * (len(runs) + compare_reference), desc="bench", disable=not progress)
+    with tempfile.TemporaryDirectory(prefix="sam2vss_bench_") as tmp:
+        for w in windows:
+            ref_out = Path(tmp) / f"reference_w{w}"
+            base = RefineConfig(masks=masks, window=w, **detection)
+            if compare_reference:
+                ref = ReferenceRefiner(base, model_cfg)
+                rows.append(_run(ref, job, ref_out, "reference", "-", "-", emu))
+                bar.update()
+            for preset, backend in runs:
+                cfg = replace(base, preset=preset, backend=backend)
+                fast = FastRefiner(cfg, model_cfg, synced_stages=emu is None)
+                out = Path(tmp) / f"{preset}_{backend}_w{w}"
+                row = _run(fast, job, out, "fast", preset, backend, emu)
+                if emu is None:
+                    floor_s, flops = model_floor(fast, job, w)
+                    row.floor_ms = 1e3 * floor_s
+                    row.over_floor = (1e3 / row.fps) / row.floor_ms
+                    row.model_gflop_per_frame = flops / 1e9
+                    row.achieved_gflops = flops * row.fps / 1e9
+                if compare_reference:
+                    row.agreement = agreement(job, ref_out, out)
+                rows.append(row)
+                bar.update()
+    bar.close()
+    return rows
 
 
 # Random weights give flat logits: the paper's thresholds keep nothing, so the detection sweep
@@ -349,7 +393,10 @@ def format_rows(rows: list[Row], ceiling: float) -> str:
         ("/ceil", 6),
     )
     head = " ".join(f"{c:>{w}s}" for c, w in cols)
-    lines = [f"matmul ceiling {ceiling / 1e9:.1f} GFLOP/s", head, "-" * len(head)]
+    top = (
+        f"matmul ceiling {ceiling / 1e9:.1f} GFLOP/s" if ceiling else "matmul ceiling not measured (emulated)"
+    )
+    lines = [top, head, "-" * len(head)]
 
     def opt(v, fmt):
         return "-" if v is None else format(v, fmt)
@@ -370,6 +417,21 @@ def format_rows(rows: list[Row], ceiling: float) -> str:
             opt(r.ceiling_share, ".1%"),
         )
         lines.append(" ".join(f"{c:>{w}s}" for c, (_, w) in zip(cells, cols, strict=True)))
+    if any(r.launches_per_frame is not None for r in rows):
+        lines += ["", "emulated CUDA device (counts of the timed run; timings above are the CPU's):"]
+        cols = (
+            ("pipeline", 9), ("preset", 8), ("window", 6), ("launch/fr", 9), ("sync/fr", 8), ("sync/win", 8),
+            ("h2d B/fr", 10), ("d2h B/fr", 10), ("mismatch", 8), ("peak MiB", 8),
+        )  # fmt: skip
+        head = " ".join(f"{c:>{w}s}" for c, w in cols)
+        lines += [head, "-" * len(head)]
+        for r in rows:
+            cells = (
+                r.pipeline, r.preset, str(r.window), f"{r.launches_per_frame:.1f}",
+                f"{r.syncs_per_frame:.2f}", f"{r.syncs_per_window:.1f}", f"{r.h2d_bytes_per_frame:.0f}",
+                f"{r.d2h_bytes_per_frame:.0f}", str(r.mismatches), f"{r.peak_mem_mib:.0f}",
+            )  # fmt: skip
+            lines.append(" ".join(f"{c:>{w}s}" for c, (_, w) in zip(cells, cols, strict=True)))
     lines.append("")
     lines.append("stages, ms/frame:")
     for r in rows:

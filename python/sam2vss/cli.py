@@ -352,6 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the reference refiner in the same run; rows then carry their label agreement",
     )
+    b.add_argument(
+        "--masks",
+        choices=("instances", "sam2"),
+        default="instances",
+        help="masklets prompted from the clip's instance masks (default), or found by SAM2's generator"
+        " (grid 16, thresholds lowered for random weights)",
+    )
+    b.add_argument(
+        "--emulate-cuda",
+        action="store_true",
+        help="run on the emulated CUDA device (CPU compute) and add its counts to each row: launches and"
+        " syncs per frame, syncs per window, bytes copied each way, device mismatches",
+    )
     b.add_argument("--plot", type=Path, default=None, help="write the ms/frame-per-window plot here (PNG)")
     b.add_argument("--json", type=Path, default=None, help="write the rows here")
     b.add_argument("--data-dir", type=Path, default=Path("bench_data"), help="where the clip is generated")
@@ -570,7 +583,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
     model_cfg = ModelConfig(name=a.model, checkpoint=a.checkpoint, image_size=a.image_size)
     rows, ceiling = [], 0.0
     if windows:
-        rows, ceiling = run_bench(job, model_cfg, windows, a.compare_reference, tuple(runs), not a.quiet)
+        rows, ceiling = run_bench(
+            job, model_cfg, windows, a.compare_reference, tuple(runs), not a.quiet, a.masks, a.emulate_cuda
+        )
     detect_rows = detect_sweep(job, grids, model_cfg, tuple(runs), a.compare_reference, progress=not a.quiet)
     clip = f"{a.frames} frames at {a.height}x{a.width}, {a.masklets} objects"
     title = f"{clip}, {a.model} image size {a.image_size}, {environment()}"
@@ -581,6 +596,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print(format_detect_rows(detect_rows))
     if a.json:
         meta = {"environment": environment(), "clip": clip, "model": a.model, "image_size": a.image_size}
+        meta |= {"masks": a.masks, "emulated_cuda": a.emulate_cuda}
         result = {"matmul_ceiling_flops": ceiling, "rows": [asdict(r) for r in rows]}
         write_json(a.json, meta | result | {"detect_rows": [asdict(r) for r in detect_rows]})
         print(f"wrote {a.json}")

@@ -88,6 +88,7 @@ class BatchedDetector:
         self.model, self.cfg, self.ops, self.bucket = model, cfg, ops, bucket
         self.low_res_stability = low_res_stability
         self.grid = torch.from_numpy(point_grid(cfg.grid))
+        self._prompt_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
         size = model.image_size
         self.feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
 
@@ -103,22 +104,31 @@ class BatchedDetector:
         ][::-1]
         return feats[-1], feats[:-1]
 
+    def _prompts(self, orig_hw: tuple[int, int], device: torch.device):
+        """Grid points in frame pixels (P, 2), their padded model coordinates and labels, built
+        as SAM2 builds them and uploaded once per frame size and device."""
+        key = (orig_hw, str(device))
+        if key not in self._prompt_cache:
+            h, w = orig_hw
+            points = (self.grid * torch.tensor([w, h], dtype=torch.float64)).float()  # as SAM2
+            coords = points.clone()
+            coords[:, 0] /= w
+            coords[:, 1] /= h
+            coords = coords * self.model.image_size
+            p = coords.shape[0]
+            padded = -(-p // self.bucket) * self.bucket
+            coords = torch.cat([coords, coords[-1:].expand(padded - p, 2)])  # repeats of the last point
+            labels = torch.ones((padded, 1), dtype=torch.int)
+            self._prompt_cache[key] = tuple(t.to(device) for t in (points, coords, labels))
+        return self._prompt_cache[key]
+
     def candidates(
         self, image_embed: torch.Tensor, high_res: list[torch.Tensor], orig_hw: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Low-resolution logits (3P, h, w), predicted IoU (3P,) and points (3P, 2) in frame pixels
         for all P grid points in one decoder call."""
-        h, w = orig_hw
-        device = image_embed.device
-        points = (self.grid * torch.tensor([w, h], dtype=torch.float64)).float().to(device)  # as SAM2
-        coords = points.clone()
-        coords[:, 0] /= w
-        coords[:, 1] /= h
-        coords = coords * self.model.image_size
-        p = coords.shape[0]
-        padded = -(-p // self.bucket) * self.bucket
-        coords = torch.cat([coords, coords[-1:].expand(padded - p, 2)])  # repeats of the last point
-        labels = torch.ones((padded, 1), dtype=torch.int, device=device)
+        points, coords, labels = self._prompts(orig_hw, image_embed.device)
+        p = points.shape[0]
         sparse, dense = self.model.sam_prompt_encoder(
             points=(coords[:, None], labels), boxes=None, masks=None
         )

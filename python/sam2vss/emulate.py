@@ -503,7 +503,8 @@ class _FunctionMode(TorchFunctionMode):
         elif func is torch.Tensor.cpu and _is_emulated(args[0]):
             return emu.move(args[0], "cpu")
         elif func is torch._has_compatible_shallow_copy_type:  # Module.to must not use `.data =`
-            return _is_emulated(args[0]) == _is_emulated(args[1])
+            if _is_emulated(args[0]) or _is_emulated(args[1]):  # (it would keep the old `elem`)
+                return False
         elif func in _SCALARS and _is_emulated(args[0]):  # these bindings guard the device first
             return _SCALARS[func](aten._local_scalar_dense.default(args[0]))
         elif func in (torch.Tensor.nonzero, torch.nonzero) and _is_emulated(args[0]):
@@ -614,6 +615,7 @@ class _DispatchMode(TorchDispatchMode):
             emu.count("metadata")
         else:
             emu.count("launches")
+            emu.count(f"op {func}")
         # in-place and out= ops return their (wrapped) argument itself; anything else is new
         mine = {id(t.elem): t for t in dev}
 

@@ -138,7 +138,7 @@ class FastRefiner(ReferenceRefiner):
             return self._upload(masks), self._upload(areas)
         if keyframe is None and self.engine.preprocess == "sam2":  # the image predictor's own
             image = self.generator.predictor._transforms(to_rgb(window.frames[:1])[0])[None]  # (host)
-            keyframe = self.predictor.forward_image(image.to(self.device))
+            keyframe = self.predictor.forward_image(self._upload(image))
         elif keyframe is None:  # a smaller tracker: detection encodes the keyframe at full size
             dtype = torch.bfloat16 if self.bf16 else torch.float32
             image = to_model_input(window.frames[:1].to(self.device), self.predictor.image_size, dtype)

@@ -23,6 +23,7 @@ from sam2vss.config import MetricConfig
 from sam2vss.data import Dataset, check_prediction, match_frames, read_label_png
 from sam2vss.kernels import KernelOps, kernel_ops
 from sam2vss.metrics import VideoMetrics, VideoStats, Workspace, summarize
+from sam2vss.model import use_device
 
 METRIC_COLUMNS = (
     ("mIoU", "miou"),
@@ -60,11 +61,18 @@ class _FrameWork:
         check_prediction(pred, gt.shape, frame.pred, self.cfg.num_classes)
         if not hasattr(self._local, "ws"):
             self._local.ws = Workspace()
-        g = torch.from_numpy(gt).to(self.device)
-        p = torch.from_numpy(pred).to(self.device)
+            if self.device.type == "cuda":  # a thread's current device starts at 0; CuPy follows it
+                torch.cuda.set_device(self.device)
+        g, p = self._upload(gt), self._upload(pred)
         conf, bconf = self.ops.frame_counts(g, p, self.cfg, self._local.ws)
-        vc_gt = torch.from_numpy(raw).to(self.device) if self.cfg.vc_gt == "raw" else g
+        vc_gt = self._upload(raw) if self.cfg.vc_gt == "raw" else g
         return conf, bconf, vc_gt, p
+
+    def _upload(self, array) -> torch.Tensor:
+        t = torch.from_numpy(array)
+        if self.device.type == "cuda":  # pinned and non-blocking: no sync on the decode threads
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
 
 
 def plan_frames(dataset: Dataset, pred_dir: Path, videos: list[str]) -> list[list[_Frame]]:
@@ -96,10 +104,6 @@ def _in_order(work: _FrameWork, frames: list[_Frame], workers: int) -> Iterator[
             yield f, fut.result()
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def evaluate(
     dataset: Dataset,
     pred_dir: Path,
@@ -113,7 +117,7 @@ def evaluate(
     """Metrics of the predictions in `pred_dir` for `split`. `kernels` forces a backend of the
     per-pixel ops (torch, host, cupy); by default it is chosen once per device (kernels.py)."""
     cfg = cfg or MetricConfig()
-    device = torch.device(device) if device is not None else default_device()
+    device = use_device(str(device) if device is not None else "auto")  # indexed, and current
     workers = workers or os.cpu_count() or 1
     videos = dataset.videos(split)
     plan = plan_frames(dataset, pred_dir, videos)

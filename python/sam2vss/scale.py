@@ -5,6 +5,11 @@ model once and writes its outputs atomically; the driver alone writes the manife
 results streamed back. An actor that dies mid-video (killed, OOM, preempted) is restarted and
 its video re-run from the first frame, which rewrites the same bytes; a video that raises is
 retried `retries` times inside the actor and then reported as failed.
+
+Devices: an actor that uses the model takes one GPU, and Ray makes it the only one the actor
+sees, as cuda:0. So `--device auto` or `cuda` means "the actor's own GPU" (and the CPU on a
+cluster without GPUs for auto), `cpu` runs every actor on CPUs, and `cuda:N` is refused: a
+driver-side index names no particular GPU of a remote actor.
 """
 
 from __future__ import annotations
@@ -54,6 +59,26 @@ class RefineActor:
         return {"video": np.array(names), "entry": np.array(entries)}
 
 
+def actor_device(model_cfg: ModelConfig | None, gpus: int) -> tuple[ModelConfig, bool]:
+    """The model config each actor builds (its device as the actor sees it) and whether actors
+    take a GPU; see the module docstring."""
+    from dataclasses import replace
+
+    model_cfg = model_cfg or ModelConfig()
+    device = model_cfg.device
+    if device.startswith("cuda:"):
+        raise ValueError(
+            f"--device {device} with --runner ray: Ray gives each actor one GPU, which it sees as"
+            " cuda:0; pass --device cuda (each actor's own GPU), auto or cpu"
+        )
+    if device == "cuda" and gpus == 0:
+        raise ValueError(
+            "--device cuda with --runner ray: the Ray cluster has no GPUs; use --device cpu or auto"
+        )
+    on_gpu = device != "cpu" and gpus > 0
+    return replace(model_cfg, device="cuda" if on_gpu else "cpu"), on_gpu
+
+
 def init_ray(address: str | None, progress: bool) -> None:
     import ray
 
@@ -83,8 +108,9 @@ def run_ray(
     init_ray(address, progress)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     uses_model = cfg.masks != "superpixel"
-    size = workers or (gpus if gpus and uses_model else max(1, int(ray.cluster_resources().get("CPU", 1))))
-    log.info("ray runner: %d actors, %s per actor", size, "1 GPU" if gpus and uses_model else "1 CPU")
+    model_cfg, on_gpu = actor_device(model_cfg, gpus) if uses_model else (model_cfg, False)
+    size = workers or (gpus if on_gpu else max(1, int(ray.cluster_resources().get("CPU", 1))))
+    log.info("ray runner: %d actors, %s per actor", size, "1 GPU" if on_gpu else "1 CPU")
     ds = ray.data.from_items([{"index": i} for i in range(len(jobs))], override_num_blocks=len(jobs))
     ds = ds.map_batches(
         RefineActor,
@@ -99,7 +125,7 @@ def run_ray(
             "pipeline": pipeline,
         },
         num_cpus=1,
-        num_gpus=1 if gpus and uses_model else 0,
+        num_gpus=1 if on_gpu else 0,
         # Ray Data's actor pools restart dead actors and retry their in-flight tasks by default;
         # re-running a video rewrites the same bytes. tests/test_scale.py kills one mid-video.
     )
