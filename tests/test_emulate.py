@@ -178,4 +178,7 @@ def test_emulated_cupy_counts_one_launch_per_kernel_and_equals_the_twin(emu):
     assert torch.equal(painted.elem, twin.paint(want_ids, twin.decide(want_hist), labels))
     assert cuda_kernels.available()
     with torch.cuda.device(1), pytest.raises(BufferError, match="different CUDA device index"):
-        ops.decide(hist)  # DLPack refuses a tensor of another device than the current one
+        cuda_kernels.decide(hist)  # DLPack refuses a tensor of another device than the current one
+    with torch.cuda.device(1):
+        assert ops.decide(hist).device.index == 0  # KernelOps launches on the tensors' device
+        assert torch.cuda.current_device() == 1

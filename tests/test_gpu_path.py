@@ -224,3 +224,27 @@ def test_sources_deliver_frames_on_the_indexed_device(
     assert (backend.replace("frames", "nvjpeg") in fresh_probes) == (
         not on_gpu and path != "png" and backend != "pyav"
     )
+
+
+@pytest.mark.parametrize(
+    ("masklets", "device"),
+    [("instances", "cuda"), ("sam2", "cuda:1")],  # features from SAM2's encoder; shared with the tracker
+)
+def test_isam2_with_sam2_features_on_the_emulated_device(tmp_path, masklets, device):
+    from sam2vss.segmentor import SegmentorConfig, segment, train
+
+    root = synthesize(
+        tmp_path / "ds", SynthConfig(videos=1, frames=2, height=48, width=64, objects=2, train_videos=1)
+    )
+    ds = open_dataset(root)
+    cfg = SegmentorConfig(
+        features="sam2", masklets=masklets, epochs=2, image_size=256, window=2, grid=4,
+        pred_iou_thresh=0.0, stability_thresh=0.0, purity=0.0,
+    )  # fmt: skip
+    model = ModelConfig(image_size=256, device=device)
+    with EmulatedCuda() as emu:
+        train(ds, "train", cfg, tmp_path / "cls.pt", model, progress=False)
+        frames = segment(
+            ds, "val", tmp_path / "cls.pt", tmp_path / "out", root / "pred_base", model, progress=False
+        )
+    assert frames == 2 and emu.mismatches == []

@@ -527,6 +527,10 @@ class _FunctionMode(TorchFunctionMode):
                 f"can't convert {args[0].device} device type tensor to numpy. Use Tensor.cpu() to copy"
                 " the tensor to host memory first."
             )
+        elif func is torch.Tensor.__invert__ and _is_emulated(args[0]):
+            return aten.bitwise_not.default(args[0])
+        elif func is torch.Tensor.__format__ and _is_emulated(args[0]) and args[0].dim() == 0:
+            return format(aten._local_scalar_dense.default(args[0]), args[1])
         elif func is torch.Tensor.tolist and _is_emulated(args[0]):
             return emu.move(args[0], "cpu").tolist()
         elif func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
@@ -738,6 +742,9 @@ class _Stream:
     def query(self) -> bool:
         return True
 
+    def is_capturing(self) -> bool:
+        return False  # no CUDA graph capture is emulated
+
     def __eq__(self, other) -> bool:
         return isinstance(other, _Stream) and other.cuda_stream == self.cuda_stream
 
@@ -814,32 +821,45 @@ def _patched_torch_cuda(emu: EmulatedCuda) -> Iterator[None]:
     def synchronize(device=None) -> None:
         emu.sync("torch.cuda.synchronize()")
 
-    with _patched(
-        cuda,
-        is_available=lambda: True,
-        device_count=lambda: emu.devices,
-        current_device=lambda: emu.current,
-        set_device=set_device,
-        device=device_context,
-        is_initialized=lambda: True,
-        _lazy_init=lambda: None,
-        init=lambda: None,
-        is_bf16_supported=lambda *a, **k: True,
-        get_device_capability=lambda device=None: (props(device).major, props(device).minor),
-        get_device_name=lambda device=None: props(device).name,
-        get_device_properties=props,
-        synchronize=synchronize,
-        current_stream=current_stream,
-        default_stream=lambda device=None: streams.setdefault(
-            emu.device("cuda" if device is None else device).index, [stream_class(device)]
-        )[0],
-        stream=stream,
-        Stream=stream_class,
-        Event=event_class,
-        empty_cache=lambda: None,
-        memory_allocated=lambda device=None: emu.allocated,
-        max_memory_allocated=lambda device=None: emu.peak,
-        reset_peak_memory_stats=lambda device=None: setattr(emu, "peak", emu.allocated),
+    accelerator = torch.accelerator
+    with (
+        _patched(
+            accelerator,
+            is_available=lambda: True,
+            device_count=lambda: emu.devices,
+            current_accelerator=lambda check_available=False: torch.device("cuda"),
+            current_device_index=lambda: emu.current,
+            set_device_index=lambda device: set_device(device),
+            current_stream=lambda device=None: current_stream(device),
+            synchronize=lambda device=None: emu.sync("torch.accelerator.synchronize()"),
+        ),
+        _patched(
+            cuda,
+            is_available=lambda: True,
+            device_count=lambda: emu.devices,
+            current_device=lambda: emu.current,
+            set_device=set_device,
+            device=device_context,
+            is_initialized=lambda: True,
+            _lazy_init=lambda: None,
+            init=lambda: None,
+            is_bf16_supported=lambda *a, **k: True,
+            get_device_capability=lambda device=None: (props(device).major, props(device).minor),
+            get_device_name=lambda device=None: props(device).name,
+            get_device_properties=props,
+            synchronize=synchronize,
+            current_stream=current_stream,
+            default_stream=lambda device=None: streams.setdefault(
+                emu.device("cuda" if device is None else device).index, [stream_class(device)]
+            )[0],
+            stream=stream,
+            Stream=stream_class,
+            Event=event_class,
+            empty_cache=lambda: None,
+            memory_allocated=lambda device=None: emu.allocated,
+            max_memory_allocated=lambda device=None: emu.peak,
+            reset_peak_memory_stats=lambda device=None: setattr(emu, "peak", emu.allocated),
+        ),
     ):
         yield
 

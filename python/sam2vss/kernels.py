@@ -14,6 +14,7 @@ the GIL; one OpenMP thread each, since the callers already parallelise over fram
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from functools import cache
 
@@ -57,6 +58,25 @@ def _labels(*tensors: torch.Tensor, device_type: str) -> list[torch.Tensor]:
     return [t.contiguous() for t in tensors]
 
 
+def _check(op: str, device_type: str, **tensors: torch.Tensor) -> torch.device:
+    """Every tensor argument on one device of `device_type` (a host kernel must never read a
+    device pointer, a CUDA kernel a host one); errors name the argument. Returns the device."""
+    devices = set()
+    for name, t in tensors.items():
+        if t.device.type != device_type:
+            raise ValueError(f"{op}: {name} is on {t.device}, expected a {device_type} tensor")
+        devices.add(t.device)
+    if len(devices) > 1:
+        raise ValueError(f"{op}: arguments on several devices {sorted(map(str, devices))}; move them to one")
+    return devices.pop()
+
+
+def _on(device: torch.device) -> contextlib.AbstractContextManager:
+    """CuPy launches on the tensors' device, whatever the current one (DLPack exports only
+    tensors of the current device, and CuPy compiles for it)."""
+    return torch.cuda.device(device)
+
+
 class KernelOps:
     """The per-pixel ops of one backend; torch is the reference twin of the others."""
 
@@ -92,9 +112,10 @@ class KernelOps:
             return frame_counts(gt, pred, cfg, ws)
         if self.backend == "cupy":
             gt, pred = _labels(gt, pred, device_type="cuda")
-            return cuda_kernels.frame_counts(
-                gt, pred, cfg.num_classes, cfg.boundary_kernel, cfg.pad_border, cfg.void_mode == "drop"
-            )
+            with _on(_check("frame_counts", "cuda", gt=gt, pred=pred)):
+                return cuda_kernels.frame_counts(
+                    gt, pred, cfg.num_classes, cfg.boundary_kernel, cfg.pad_border, cfg.void_mode == "drop"
+                )
         gt, pred = _labels(gt, pred, device_type="cpu")
         c = cfg.num_classes
         conf = torch.zeros(c * c, dtype=torch.int64)
@@ -121,7 +142,8 @@ class KernelOps:
             return label_band(lab, k, pad_border).clone()
         if self.backend == "cupy":
             (lab,) = _labels(lab, device_type="cuda")
-            return cuda_kernels.band(lab, k, pad_border)
+            with _on(lab.device):
+                return cuda_kernels.band(lab, k, pad_border)
         (lab,) = _labels(lab, device_type="cpu")
         out = torch.empty(lab.shape, dtype=torch.uint8)
         _host_module().band(
@@ -146,10 +168,12 @@ class KernelOps:
             raise ValueError(f"vc_step: cap must be in 1..255, got {cap}")
         if self.backend == "cupy":
             g, p = _labels(g, p, device_type="cuda")
-            return cuda_kernels.vc_step(
-                g, p, state.prev_gt, state.prev_pred, state.run_gt, state.run_pred, first, cap, ns,
-                self._window_lengths(ns, g.device),
-            )  # fmt: skip
+            state_tensors = {"prev_gt": state.prev_gt, "prev_pred": state.prev_pred, "run_gt": state.run_gt}
+            with _on(_check("vc_step", "cuda", gt=g, pred=p, run_pred=state.run_pred, **state_tensors)):
+                return cuda_kernels.vc_step(
+                    g, p, state.prev_gt, state.prev_pred, state.run_gt, state.run_pred, first, cap, ns,
+                    self._window_lengths(ns, g.device),
+                )  # fmt: skip
         g, p = _labels(g, p, device_type="cpu")
         ns_t = torch.tensor(ns, dtype=torch.int64)
         counts = torch.zeros(2 * len(ns), dtype=torch.int64)
@@ -191,9 +215,13 @@ class KernelOps:
             ids = aggregate_logits(up) if by_logit else aggregate_ranked(masks, rank)
             return ids, vote_counts(masks, labels, num_classes)
         logits, rank = logits.contiguous(), rank.to(torch.int32).contiguous()
+        device = _check(
+            "aggregate", "cuda" if self.backend == "cupy" else "cpu", logits=logits, rank=rank, labels=labels
+        )
         if self.backend == "cupy":
             (labels,) = _labels(labels, device_type="cuda")
-            return cuda_kernels.aggregate(logits, rank, labels, num_classes, by_logit)
+            with _on(device):
+                return cuda_kernels.aggregate(logits, rank, labels, num_classes, by_logit)
         (labels,) = _labels(labels, device_type="cpu")
         ids = torch.empty((big_h, big_w), dtype=torch.int32)
         hist = torch.zeros((n, num_classes), dtype=torch.int64)
@@ -219,8 +247,10 @@ class KernelOps:
         if self.backend == "torch":
             return decide(hist)
         hist = hist.to(torch.int64).contiguous()
+        device = _check("decide", "cuda" if self.backend == "cupy" else "cpu", hist=hist)
         if self.backend == "cupy":
-            return cuda_kernels.decide(hist)
+            with _on(device):
+                return cuda_kernels.decide(hist)
         classes = torch.empty(hist.shape[0], dtype=torch.uint8)
         _host_module().decide(hist.data_ptr(), hist.shape[0], hist.shape[1], classes.data_ptr())
         return classes
@@ -235,8 +265,10 @@ class KernelOps:
                 f"paint: ids must be int32 of shape {tuple(labels.shape)}, got {ids.dtype} {tuple(ids.shape)}"
             )
         ids, classes = ids.contiguous(), classes.to(torch.uint8).contiguous()
+        device = _check("paint", labels.device.type, ids=ids, classes=classes, labels=labels)
         if self.backend == "cupy":
-            return cuda_kernels.paint(ids, classes, labels)
+            with _on(device):
+                return cuda_kernels.paint(ids, classes, labels)
         out = torch.empty_like(labels)
         _host_module().paint(
             ids.data_ptr(),
@@ -259,8 +291,10 @@ class KernelOps:
                 f"amg_stats: logits must be (B, h, w) float32, got {logits.dtype} {tuple(logits.shape)}"
             )
         logits = logits.contiguous()
+        device = _check("amg_stats", "cuda" if self.backend == "cupy" else "cpu", logits=logits)
         if self.backend == "cupy":
-            return cuda_kernels.amg_stats(logits, thr, offset, out_hw)
+            with _on(device):
+                return cuda_kernels.amg_stats(logits, thr, offset, out_hw)
         b, h, w = logits.shape
         stability = torch.empty(b, dtype=torch.float32)
         area = torch.empty(b, dtype=torch.int64)

@@ -95,8 +95,9 @@ class SAM2Encoder(nn.Module):
 
         self.sam = sam2_model.build(model_cfg, video=False)
         self.size = model_cfg.image_size
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        device = next(self.sam.parameters()).device  # the model is built on its device
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1).to(device))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1).to(device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
@@ -212,8 +213,10 @@ def _encoder(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> nn.Module |
 
 @torch.inference_mode()
 def _features(encoder: nn.Module, img: np.ndarray) -> torch.Tensor:
-    x = torch.tensor(img).permute(2, 0, 1)[None].float() / 255
-    return encoder(x)[0]
+    """(C, h, w) float32 host features of one RGB frame, computed on the encoder's device."""
+    device = next(encoder.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
+    return encoder(x.to(device))[0].float().cpu()
 
 
 # ---------------------------------------------------------------------------- training

@@ -112,7 +112,9 @@ def id_histogram(ids: torch.Tensor, labels: torch.Tensor, n: int, num_classes: i
 
 def decide(hist: torch.Tensor) -> torch.Tensor:
     """(N, C) counts -> (N,) majority class, ties to the lowest class id."""
-    return hist.argmax(dim=1).to(torch.uint8) if hist.numel() else torch.zeros(0, dtype=torch.uint8)
+    if hist.numel() == 0:
+        return torch.zeros(hist.shape[0], dtype=torch.uint8, device=hist.device)
+    return hist.argmax(dim=1).to(torch.uint8)
 
 
 def paint(ids: torch.Tensor, classes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
