@@ -185,6 +185,11 @@ main() {
   {
     step env 30 check_env
     step install 150 check_install
+    if ! "$PY" -c "import sam2vss" 2>/dev/null; then  # keep going from the source tree
+      export PYTHONPATH="$ROOT/python:$PYTHONPATH"
+      echo "sam2vss is not installed: the next steps import it from $ROOT/python (no host kernels;"
+      echo "CuPy compiles the kernels from kernels/*.cu with NVRTC)"
+    fi
     step tests 90 check_tests
     step bench 150 check_bench
     step profile 90 check_profile
