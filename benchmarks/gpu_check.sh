@@ -90,7 +90,7 @@ check_env() {
   uname -m
   nproc
   "$PY" - <<'EOF' || return 1
-import importlib, importlib.metadata as md, platform, shutil, subprocess
+import importlib.metadata as md, platform, shutil, subprocess
 print("python", platform.python_version(), platform.machine())
 for dist in ("torch", "torchvision", "cupy-cuda13x", "numpy", "sam2", "hydra-core", "omegaconf",
              "antlr4-python3-runtime", "iopath", "av", "scikit-build-core", "cmake", "pytest", "sam2vss"):
