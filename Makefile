@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sam2vss-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench wheels clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_eval.py
+
+# Wheels for a lent GPU machine without registry access (benchmarks/gpu_check.sh installs them).
+wheels: install
+	PYTHON=$(BIN)/python bash benchmarks/make_wheels.sh
 
 clean:
 	rm -rf $(VENV) build demo_out

@@ -232,28 +232,3 @@ def test_install_built_the_fatbins():
     built = sorted(p.stem for p in fatbins.glob("*.fatbin"))
     assert built == sorted(p.stem for p in (ROOT / "kernels").glob("*.cu")), f"fatbins in {fatbins}: {built}"
     assert all((fatbins / f"{op}.ptxas.txt").read_text() for op in built)
-
-
-# ------------------------------------------------------------------ CuPy (GPU machines only)
-@pytest.mark.gpu
-@pytest.mark.cupy
-@pytest.mark.parametrize("shape", [(1, 1), (23, 31), (481, 853)])
-@pytest.mark.parametrize(
-    "cfg", [MetricConfig(), MetricConfig(num_classes=4, pad_border=True, void_mode="keep")]
-)
-def test_cupy_equals_torch(shape, cfg):
-    cupy_ops = KernelOps("cupy")
-    gt = labels(shape, cfg.num_classes + 3, seed=1).cuda()
-    pred = labels(shape, cfg.num_classes, seed=2, void=False).cuda()
-    ws = Workspace()
-    for got, want in zip(
-        cupy_ops.frame_counts(gt, pred, cfg, ws), TORCH.frame_counts(gt, pred, cfg, ws), strict=True
-    ):
-        assert_equal(got.cpu(), want.cpu(), f"cupy frame_counts {shape}")
-    assert_equal(cupy_ops.band(gt, 5, True).cpu(), TORCH.band(gt, 5, True).cpu(), "cupy band")
-    ws_c, ws_t = Workspace(), Workspace()
-    st_c, st_t = VCState.like(gt, ws_c), VCState.like(gt, ws_t)
-    for t in range(4):
-        g, p = (gt if t % 2 else gt.flip(0).contiguous()), pred
-        got = cupy_ops.vc_step(g, p, st_c, t == 0, 16, [2, 3], ws_c)
-        assert_equal(got.cpu(), TORCH.vc_step(g, p, st_t, t == 0, 16, [2, 3], ws_t).cpu(), f"cupy vc {t}")
