@@ -105,7 +105,7 @@ def test_missing_split_file(small_set):
 
 
 def test_missing_dataset_layout(tmp_path):
-    with pytest.raises(DataError, match="--data .*: no such folder"):
+    with pytest.raises(DataError, match=r"--data .*: no such folder"):
         open_dataset(tmp_path / "nope")
     with pytest.raises(DataError, match="neither data/"):
         open_dataset(tmp_path)
