@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ class Ctx:
     mp: pytest.MonkeyPatch
     capsys: pytest.CaptureFixture
     after: Callable[[Ctx, str], None] | None = None  # a case's own checks of the run's outcome
+    procs: list[subprocess.Popen] = field(default_factory=list)  # second processes of the case
 
     @property
     def pred(self) -> Path:
@@ -63,6 +64,9 @@ class Ctx:
     def refine(self, *extra: str, out: Path | None = None) -> list[str]:
         base = ["refine", "-q", "--data", str(self.root), "--pred", str(self.pred)]
         return [*base, "--out", str(out or self.out), *extra]
+
+    def eval(self, *extra: str) -> list[str]:
+        return ["eval", "-q", "--data", str(self.root), "--pred", str(self.pred), *extra]
 
     def run(self, argv: list[str]) -> tuple[int, str, str]:
         try:
@@ -240,16 +244,7 @@ def _readonly_out(c: Ctx) -> list[str]:
 def _readonly_json(c: Ctx) -> list[str]:
     (c.tmp / "ro").mkdir()
     _readonly(c.mp, c.tmp / "ro", errno.EACCES)
-    return [
-        "eval",
-        "-q",
-        "--data",
-        str(c.root),
-        "--pred",
-        str(c.pred),
-        "--json",
-        str(c.tmp / "ro" / "m.json"),
-    ]
+    return c.eval("--json", str(c.tmp / "ro" / "m.json"))
 
 
 def _checkpoint(c: Ctx, name: str, model: str = "t") -> list[str]:
@@ -276,7 +271,7 @@ def _no_cuda(c: Ctx) -> None:
 
 def _eval_cuda_without_gpu(c: Ctx) -> list[str]:
     _no_cuda(c)
-    return ["eval", "-q", "--data", str(c.root), "--pred", str(c.pred), "--device", "cuda"]
+    return c.eval("--device", "cuda")
 
 
 def _tensorrt_on_cpu(c: Ctx) -> list[str]:
@@ -292,15 +287,7 @@ def _gt_out_of_range(reference: bool):
         raw = np.array(Image.open(path))
         raw[0:3, 0:3] = 200
         write_label_png(path, raw)
-        return [
-            "eval",
-            "-q",
-            "--data",
-            str(c.root),
-            "--pred",
-            str(c.pred),
-            *(["--reference"] if reference else []),
-        ]
+        return c.eval(*(["--reference"] if reference else []))
 
     return prepare
 
@@ -498,6 +485,7 @@ def _paused(c: Ctx) -> tuple[subprocess.Popen, Path]:
     """A refine run held after its first written frame (SAM2VSS_FAULT_PAUSE)."""
     gate = c.tmp / "gate"
     proc = _spawn(c, env={"SAM2VSS_FAULT_PAUSE": str(gate)})
+    c.procs.append(proc)  # killed at teardown if a failed assertion left it waiting
     deadline = time.monotonic() + 120
     while not Path(f"{gate}.paused").exists():
         assert proc.poll() is None, proc.communicate()
@@ -510,7 +498,11 @@ def _paused(c: Ctx) -> tuple[subprocess.Popen, Path]:
 def ctx(pristine, tmp_path, monkeypatch, capsys):
     c = Ctx(tmp_path, tmp_path / "ds", tmp_path / "out", monkeypatch, capsys)
     shutil.copytree(pristine, c.root)
-    return c
+    yield c
+    for proc in c.procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_fault_second_concurrent_run_is_refused(ctx):
@@ -535,14 +527,20 @@ def test_fault_second_concurrent_run_is_refused(ctx):
     _assert_clean(c, {}, (), True)
 
 
+def _signalled(c: Ctx, sig: int) -> str:
+    """Send `sig` to a run held mid-video; its stderr. The first video must not be visible."""
+    proc, _ = _paused(c)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (130 if sig == signal.SIGINT else -sig), err
+    assert not (c.out / VIDEOS[0]).exists(), "a half-written video is visible"
+    return err
+
+
 def test_fault_kill_9_mid_video_then_rerun_is_byte_identical(ctx):
     c = ctx
     before = _digests(c.root)
-    proc, _ = _paused(c)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert not (c.out / VIDEOS[0]).exists(), "a half-written video is visible"
+    _signalled(c, signal.SIGKILL)
     assert (c.out / ".lock").exists()  # left by the killed run: stale, taken over below
     code, _, err = c.run(c.refine(*SP))
     assert code == 0, err
@@ -556,12 +554,8 @@ def test_fault_kill_9_mid_video_then_rerun_is_byte_identical(ctx):
 def test_fault_ctrl_c_leaves_no_partial_output(ctx):
     c = ctx
     before = _digests(c.root)
-    proc, _ = _paused(c)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    err = _signalled(c, signal.SIGINT)
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("sam2vss refine: error: interrupted (Ctrl-C)")
-    assert not (c.out / VIDEOS[0]).exists()
     assert _digests(c.root) == before
     _assert_clean(c, {}, (VIDEOS[0],), True)

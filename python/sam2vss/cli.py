@@ -776,23 +776,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt as e:
-        error, code, message = (
-            e,
-            130,
-            (
-                "interrupted (Ctrl-C): finished videos are kept, the one in progress left no output;"
-                " rerun the same command to resume"
-            ),
+        error, code = e, 130
+        message = (
+            "interrupted (Ctrl-C): finished videos are kept, the one in progress left no output;"
+            " rerun the same command to resume"
         )
     except (DataError, ValueError) as e:  # ModelError and outdir.OutputError too: refused before work
         error, code, message = e, 2, str(e)
     except OSError as e:
+        error, code = e, 1
         where = f"{e.filename}: " if e.filename else ""
-        error, code, message = (
-            e,
-            1,
-            f"{where}{e.strerror or e}; check the path, its permissions and free space",
-        )
+        message = f"{where}{e.strerror or e}; check the path, its permissions and free space"
     except Exception as e:  # a bug: one line here, the traceback with --debug
         error, code = e, 1
         message = f"internal error ({type(e).__name__}: {e}); rerun with --debug and report it"

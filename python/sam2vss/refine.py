@@ -123,7 +123,7 @@ def refine_config_hash(
     *,
     model_dtype: str = "float32",
 ) -> str:
-    """The manifest's configuration hash, pinned by tests/test_faults.py::test_config_hash_is_pinned:
+    """The manifest's configuration hash, pinned by tests/test_outdir.py::test_config_hash_is_pinned:
     a deliberate change bumps outdir.SCHEMA and says how older folders are treated (README)."""
     return _hash(refine_settings(cfg, model_cfg, pipeline, model_dtype))
 
@@ -449,10 +449,10 @@ def refine_jobs(
         todo, report.skipped, report.redone = _plan(jobs, manifest, out, cfg.masks, ckpt_path)
         for name, why in report.redone.items():
             print(f"{name}: refining again: {why}")
+        if not todo:
+            return report
         t_all = time.perf_counter()
-        bar = tqdm(
-            total=sum(len(j.label_names) for j in todo), unit="frame", disable=not progress or not todo
-        )
+        bar = tqdm(total=sum(len(j.label_names) for j in todo), unit="frame", disable=not progress)
         records: dict[str, dict] = {}  # each video's inputs, taken before it is refined
         if runner == "ray":
             from sam2vss.scale import run_ray
