@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -49,6 +50,7 @@ def test_eval_error_is_one_clear_line(cli_set, capsys):
     assert main(["eval", "-q", "--data", str(cli_set), "--pred", str(cli_set / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sam2vss eval: error: prediction folder of") and "does not exist" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_demo_writes_report(tmp_path, capsys):
@@ -71,3 +73,45 @@ def test_bench_rejects_unknown_presets_and_backends(capsys):
     assert "backends among" in capsys.readouterr().err
     assert main(["bench", "--preset", "quickest"]) == 2
     assert main(["bench", "--window", "0"]) == 2
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("sam2vss 0.1.0 (torch ")
+
+
+def test_help_documents_exit_codes():
+    out = subprocess.run([sys.executable, "-m", "sam2vss", "--help"], capture_output=True, text=True).stdout
+    assert "exit codes: 0 done, 1 some videos failed" in out and "130 interrupted" in out
+
+
+def test_traceback_only_with_debug(tmp_path, capsys):
+    argv = ["eval", "-q", "--data", str(tmp_path / "nope"), "--pred", str(tmp_path)]
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert main([*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("sam2vss eval: error: --data ")
+    run = subprocess.run(
+        [sys.executable, "-m", "sam2vss", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SAM2VSS_DEBUG": "1"},
+    )
+    assert run.returncode == 2 and "Traceback" in run.stderr
+
+
+def test_internal_error_is_one_line(monkeypatch, tmp_path, capsys):
+    import sam2vss.cli
+
+    def boom(a):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sam2vss.cli, "cmd_synth", boom)
+    assert main(["synth", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.strip()
+        == "sam2vss synth: error: internal error (RuntimeError: boom); rerun with --debug and report it"
+    )

@@ -136,6 +136,80 @@ def test_instance_masklets_change_labels_only_inside_masklets(tiny, tmp_path):
     assert changed > 0  # prompted with real object masks, the refiner does change labels
 
 
+def test_run_header_and_masklet_summary_in_output_and_manifest(tiny, tmp_path, capsys):
+    import shutil
+
+    from sam2vss.cli import main
+
+    root = tmp_path / "ds"
+    shutil.copytree(tiny[0].root, root)
+    (root / "one.txt").write_text("0001_synth5\n")  # one video of 5 frames: windows of 3 + 2
+    ds, pred, out = open_dataset(root), root / "pred_base", tmp_path / "o"
+    argv = ["refine", "--data", str(root), "--pred", str(pred), "--out", str(out), "--window", "3"]
+    argv += ["--split", "one", "--masks", "instances", "--checkpoint", "none", "--image-size", "256"]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    header = stdout.splitlines()[0]
+    assert header.startswith(
+        "run: device cpu, pipeline fast, preset exact, backend eager, kernels host, decoder frames,"
+        " model sam2.1_hiera_t at 256, random weights, runner local; sam2vss 0.1.0, torch "
+    )
+    assert {k: manifest["run"][k] for k in ("device", "pipeline", "kernels", "decoder")} == {
+        "device": "cpu",
+        "pipeline": "fast",
+        "kernels": "host",
+        "decoder": "frames",
+    }
+    for video in ("0001_synth5",):
+        names = sorted(p.name for p in ds.instance_dir(video).iterdir())
+        ids = [read_label_png(ds.instance_dir(video) / names[t]) for t in (0, 3)]  # windows start at 0, 3
+        m = manifest["videos"][video]["masklets"]
+        assert [w[0] for w in m["per_window"]] == [len(set(np.unique(i)) - {0}) for i in ids]
+        assert all(0.0 <= w[1] <= 1.0 for w in m["per_window"]) and m["covered"] == pytest.approx(
+            (3 * m["per_window"][0][1] + 2 * m["per_window"][1][1]) / 5, abs=1e-4
+        )
+        line = f"{video}: 5 frames, "
+        assert any(
+            s.startswith(line) and f"{m['covered']:.1%} of pixels covered" in s for s in stdout.splitlines()
+        )
+
+
+def test_random_weights_warn_that_masklets_cover_nothing(tiny, tmp_path, caplog):
+    cfg = RefineConfig(masks="sam2", window=5, grid=4)  # the paper's thresholds: random weights find no masks
+    report = _run(tiny, tmp_path / "o", cfg)
+    assert len(report.done) == 2
+    assert (
+        "0000_synth5: masklets cover 0.00% of the pixels, so the output is nearly the base labels"
+        in caplog.text
+    )
+    _, pred = tiny
+    assert all((o == read_label_png(pred / name)).all() for name, o in _read_all(tmp_path / "o").items())
+
+
+def test_whole_run_progress_advances_per_frame(medium, tmp_path, monkeypatch):
+    from tqdm import tqdm
+
+    import sam2vss.refine
+
+    steps, descriptions = [], []
+
+    class Recorder(tqdm):
+        def update(self, n=1):
+            super().update(n)
+            steps.append((self.n, self.total))
+
+        def set_description(self, desc=None, refresh=True):
+            super().set_description(desc, refresh)
+            descriptions.append(desc)
+
+    monkeypatch.setattr(sam2vss.refine, "tqdm", Recorder)
+    jobs = dataset_jobs(open_dataset(medium), medium / "pred_base", "val")
+    refine_jobs(jobs, tmp_path / "o", SP, progress=True)
+    assert steps == [(n, 36) for n in range(1, 37)]  # one bar for the run, one step per written frame
+    assert descriptions == [f"videos {k}/3" for k in range(4)]
+
+
 # ------------------------------------------------------------------ superpixels
 def test_superpixel_refinement_improves_boundaries_and_consistency(tmp_path):
     root = synthesize(
@@ -231,7 +305,7 @@ def test_bad_video_is_reported_and_others_complete(medium, tmp_path):
     bad.write_bytes(bad.read_bytes()[:100])  # truncated JPEG
     run = _cli_superpixel(root, tmp_path / "o")
     assert run.returncode == 1
-    assert "FAILED 0001_synth2" in run.stderr and bad.name in run.stderr
+    assert "sam2vss refine: error: video 0001_synth2 failed" in run.stderr and bad.name in run.stderr
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert {v: e["status"] for v, e in manifest["videos"].items()} == {
         "0000_synth2": "done",
@@ -336,5 +410,5 @@ def test_video_with_invalid_inputs_is_reported_not_fatal(medium, tmp_path):
     ).unlink()
     run = _cli_superpixel(root, tmp_path / "o")
     assert run.returncode == 1
-    assert "FAILED 0002_synth2: DataError" in run.stderr and "missing 1" in run.stderr
+    assert "error: video 0002_synth2 failed: prediction folder" in run.stderr and "missing 1" in run.stderr
     assert "refined 2 videos" in run.stdout

@@ -87,7 +87,7 @@ def test_corrupt_video_is_reported_while_others_complete(four_videos, tmp_path):
     bad.write_bytes(b"not a jpeg")
     run = _refine(root, tmp_path / "ray", "--runner", "ray", "--workers", "2", "--retries", "1")
     assert run.returncode == 1
-    assert "FAILED 0002_synth2" in run.stderr and bad.name in run.stderr
+    assert "error: video 0002_synth2 failed" in run.stderr and bad.name in run.stderr
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())["videos"]
     assert {v: e["status"] for v, e in manifest.items()} == {
         "0000_synth2": "done",
@@ -95,7 +95,7 @@ def test_corrupt_video_is_reported_while_others_complete(four_videos, tmp_path):
         "0002_synth2": "failed",
         "0003_synth2": "done",
     }
-    assert manifest["0002_synth2"]["attempts"] == 2  # retried once, then reported
+    assert manifest["0002_synth2"]["attempts"] == 1  # bad input data is not retried
 
 
 def test_rerun_after_completion_does_no_work(four_videos, tmp_path):

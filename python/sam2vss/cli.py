@@ -1,4 +1,11 @@
-"""`sam2vss` command line: synth, eval, demo. Flags map 1:1 to config dataclass fields."""
+"""`sam2vss` command line: synth, eval, refine, I-SAM2, bench, demo. Flags map 1:1 to config
+dataclass fields.
+
+The boundary: arguments and inputs are checked before any work, and every error ends in one
+line on stderr, `sam2vss CMD: error: <file or flag>: <what> <fix>`, with no traceback unless
+--debug or SAM2VSS_DEBUG=1. Exit codes: 0 done, 1 some videos failed (or an internal error),
+2 bad arguments or inputs refused before work, 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,19 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from sam2vss.config import DECODERS, MODEL_BACKENDS, PRESETS, MetricConfig, RefineConfig, SynthConfig
+from sam2vss import __version__, envs, versions
+from sam2vss.config import (
+    DECODERS,
+    MODEL_BACKENDS,
+    PRESETS,
+    THRESHOLD_RANGES,
+    MetricConfig,
+    RefineConfig,
+    SynthConfig,
+)
 from sam2vss.data import DataError, open_dataset
 from sam2vss.model import ModelConfig
 
@@ -21,7 +38,63 @@ EPILOG = """examples:
   sam2vss eval --data VSPW_480p --pred results/ --split val --per-video
   sam2vss refine --data VSPW_480p --pred base/ --out refined/ --checkpoint sam2.1_hiera_large.pt --model l
   sam2vss refine --data data/synth --pred data/synth/pred_base --out refined/ --masks superpixel
+
+exit codes: 0 done, 1 some videos failed (the others are kept), 2 bad arguments or inputs refused
+before any work, 130 interrupted (Ctrl-C). Errors are one line, `sam2vss CMD: error: ...`;
+--debug (or SAM2VSS_DEBUG=1) also prints the traceback.
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our one-line error format (`--flag: what`, not `argument --flag: what`)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message.removeprefix('argument ')}\n")
+
+
+def _in_range(name: str):
+    """An argparse type for a threshold of RefineConfig, range-checked (config.THRESHOLD_RANGES)."""
+    lo, hi = THRESHOLD_RANGES[name]
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [{lo:g}, {hi:g}], got {text}")
+        return value
+
+    return parse
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return parse
+
+
+class _Version(argparse.Action):
+    """--version, with the versions of what changes results (read from package metadata)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print versions and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(
+            f"sam2vss {__version__} ("
+            + ", ".join(f"{k} {v}" for k, v in versions().items() if k != "sam2vss")
+            + ")"
+        )
+        parser.exit()
 
 
 def _add_metric_flags(p: argparse.ArgumentParser) -> None:
@@ -130,15 +203,19 @@ def _metric_config(a: argparse.Namespace) -> MetricConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="sam2vss",
         description="SAM2 refinement, I-SAM2 segmentation and exact evaluation for video semantic"
         " segmentation.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action=_Version)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument(
+        "--debug", action="store_true", help="print the traceback above an error (or SAM2VSS_DEBUG=1)"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = SynthConfig()
@@ -177,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layout", choices=("auto", "vspw", "vipseg"), default="auto", help="dataset layout")
     e.add_argument("--json", type=Path, help="write the metrics JSON here")
     e.add_argument("--per-video", action="store_true", help="also print a per-video breakdown")
-    e.add_argument("--workers", type=int, default=None, help="decode threads (default: all cores)")
-    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    e.add_argument("--workers", type=_at_least(1), default=None, help="decode threads (default: all cores)")
+    e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     e.add_argument(
         "--reference",
         action="store_true",
@@ -209,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", type=Path, required=True, help="output folder")
     r.add_argument(
-        "--overwrite", action="store_true", help="discard results of another configuration in --out"
+        "--overwrite",
+        action="store_true",
+        help="--out holds another configuration: move its videos to OUT/.superseded/<time>/ and start"
+        " over (nothing is deleted)",
     )
     run = r.add_argument_group("scale-out")
     run.add_argument(
@@ -221,12 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     run.add_argument(
         "--workers",
-        type=int,
+        type=_at_least(1),
         default=None,
         help="Ray actors (default: one per GPU; one per CPU for superpixels or CPU-only clusters)",
     )
     run.add_argument(
-        "--retries", type=int, default=1, help="retries of a video that raises (default %(default)s)"
+        "--retries",
+        type=_at_least(0),
+        default=1,
+        help="retries of a video that raises (default %(default)s; bad input data is not retried)",
     )
     d = RefineConfig()
     g = r.add_argument_group("refiner (defaults: the paper's settings)")
@@ -257,12 +340,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fast pipeline's model backend (default %(default)s; inductor: torch.compile; tensorrt:"
         " CUDA + torch-tensorrt, engines cached in SAM2VSS_CACHE)",
     )
-    g.add_argument("--window", type=int, default=d.window, help="frames per window (default %(default)s)")
-    g.add_argument("--grid", type=int, default=d.grid, help="AMG points per side (default %(default)s)")
-    g.add_argument("--pred-iou-thresh", type=float, default=d.pred_iou_thresh, help="default %(default)s")
-    g.add_argument("--stability-thresh", type=float, default=d.stability_thresh, help="default %(default)s")
-    g.add_argument("--stability-offset", type=float, default=d.stability_offset, help="default %(default)s")
-    g.add_argument("--box-nms-thresh", type=float, default=d.box_nms_thresh, help="default %(default)s")
+    g.add_argument(
+        "--window", type=_at_least(1), default=d.window, help="frames per window (default %(default)s)"
+    )
+    g.add_argument(
+        "--grid", type=_at_least(1), default=d.grid, help="AMG points per side (default %(default)s)"
+    )
+    for name, what in (
+        ("pred_iou_thresh", "in [0, 1]"),
+        ("stability_thresh", "in [0, 1]"),
+        ("stability_offset", "a logit margin >= 0"),
+        ("box_nms_thresh", "in [0, 1]"),
+    ):
+        g.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=_in_range(name),
+            default=getattr(d, name),
+            help=f"{what} (default %(default)s)",
+        )
     g.add_argument(
         "--vote-scope",
         choices=("masklet", "frame"),
@@ -417,9 +512,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from sam2vss.data import open_dataset
     from sam2vss.evaluate import describe_counts, evaluate, format_table
     from sam2vss.metrics import summarize
+    from sam2vss.outdir import check_writable
     from sam2vss.sinks import write_json
 
     cfg = _metric_config(a)
+    device = _device(a.device) if a.device is not None else None
+    if a.json:
+        check_writable(a.json, "--json", is_file=True)  # before the work, not after it
     dataset = open_dataset(a.data, a.layout)
     t0 = time.perf_counter()
     if a.reference:
@@ -427,7 +526,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
         metrics, videos = evaluate_reference(dataset, a.pred, a.split, cfg, progress=not a.quiet), []
     else:
-        result = evaluate(dataset, a.pred, a.split, cfg, a.device, a.workers, progress=not a.quiet)
+        result = evaluate(dataset, a.pred, a.split, cfg, device, a.workers, progress=not a.quiet)
         metrics, videos = result.metrics, result.videos
     dt = time.perf_counter() - t0
     print(format_table([(str(a.pred), metrics)]))
@@ -441,11 +540,65 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_refine(a: argparse.Namespace) -> int:
-    from sam2vss.refine import dataset_jobs, refine_jobs, video_job
+def _device(value: str):
+    """--device resolved as the model will resolve it (an indexed device on CUDA), or refused."""
+    from sam2vss.model import resolve_device
+
+    try:
+        return resolve_device(value)
+    except RuntimeError as e:  # torch.device's own error for a malformed string
+        raise ValueError(f"--device {value!r}: not a device ({e}); use auto, cpu, cuda or cuda:N") from None
+
+
+def _check_backend(a: argparse.Namespace) -> None:
+    """--backend tensorrt needs CUDA and torch-tensorrt; say so before any work."""
+    import importlib.util
+
+    if a.backend != "tensorrt" or a.pipeline != "fast" or a.masks == "superpixel":
+        return
+    device = _device(a.device)
+    if device.type != "cuda":
+        raise ValueError(
+            f"--backend tensorrt: needs a CUDA GPU, and the device here is {device}; use --backend"
+            " eager or inductor on this machine"
+        )
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        raise ValueError(
+            "--backend tensorrt: torch-tensorrt is not installed; pip install torch-tensorrt==2.14.*"
+        )
+
+
+def _refine_inputs(a: argparse.Namespace):
+    """(jobs, the input folders --out must keep clear of, named by their flags)."""
+    from sam2vss.outdir import Input
+    from sam2vss.refine import dataset_jobs, video_job
 
     if (a.data is None) == (a.video is None):
-        raise ValueError("give either --data ROOT --pred DIR, or --video FILE --labels DIR")
+        raise ValueError("--data / --video: give either --data ROOT --pred DIR, or --video FILE --labels DIR")
+    if a.data is not None:
+        if a.pred is None:
+            raise ValueError("--pred: --data needs --pred DIR (the base predictions to refine)")
+        if not a.pred.is_dir():
+            raise DataError(
+                f"--pred {a.pred}: no such folder; pass the base predictions, DIR/<video>/<frame>.png"
+            )
+        dataset = open_dataset(a.data)
+        protect = [Input("the --data root", a.data, tree=False)]
+        protect += [Input(f"the {d.name}/ folder of --data", d) for d in dataset.input_dirs()]
+        protect.append(Input("the --pred folder", a.pred))
+        return dataset_jobs(dataset, a.pred, a.split, a.decoder), protect
+    if a.labels is None:
+        raise ValueError("--labels: --video needs --labels DIR (the video's base predictions)")
+    protect = [
+        Input("the --labels folder", a.labels),
+        Input("the folder of --video", a.video.parent, tree=False),
+    ]
+    return [video_job(a.video, a.labels, a.decoder)], protect
+
+
+def cmd_refine(a: argparse.Namespace) -> int:
+    from sam2vss.refine import refine_jobs
+
     cfg = RefineConfig(
         masks=a.masks,
         window=a.window,
@@ -466,20 +619,15 @@ def cmd_refine(a: argparse.Namespace) -> int:
     if a.masks != "superpixel":
         if a.checkpoint is None:
             raise ValueError(
-                f"--masks {a.masks} needs --checkpoint PATH (a SAM2 .pt), or --checkpoint none for random"
-                " weights (plumbing and speed only); --masks superpixel needs no model"
+                f"--checkpoint: --masks {a.masks} needs --checkpoint PATH (a SAM2 .pt), or --checkpoint"
+                " none for random weights (plumbing and speed only); --masks superpixel needs no model"
             )
         model_cfg = ModelConfig(
             name=a.model, checkpoint=a.checkpoint, image_size=a.image_size, device=a.device
         )
-    if a.data is not None:
-        if a.pred is None:
-            raise ValueError("--data needs --pred DIR (the base predictions to refine)")
-        jobs = dataset_jobs(open_dataset(a.data), a.pred, a.split, a.decoder)
-    else:
-        if a.labels is None:
-            raise ValueError("--video needs --labels DIR (the video's base predictions)")
-        jobs = [video_job(a.video, a.labels, a.decoder)]
+        _device(a.device)
+        _check_backend(a)
+    jobs, protect = _refine_inputs(a)
     report = refine_jobs(
         jobs,
         a.out,
@@ -492,15 +640,26 @@ def cmd_refine(a: argparse.Namespace) -> int:
         workers=a.workers,
         ray_address=a.ray_address,
         pipeline=a.pipeline,
+        protect=protect,
     )
     fps = report.frames / max(report.seconds, 1e-9)
+    again = len(set(report.redone) & set(report.done))
+    again = f" ({again} of them again, see above)" if again else ""
     print(
-        f"refined {len(report.done)} videos ({report.frames} frames, {fps:.2f} frames/s), skipped"
+        f"refined {len(report.done)} videos{again} ({report.frames} frames, {fps:.2f} frames/s), skipped"
         f" {len(report.skipped)} already done, {len(report.failed)} failed -> {a.out}"
     )
+    if not report.failed:
+        return 0
     for name, error in report.failed.items():
-        print(f"  FAILED {name}: {error} (traceback in {a.out / 'manifest.json'})", file=sys.stderr)
-    return 1 if report.failed else 0
+        _error("refine", f"video {name} failed: {error}")
+    kept = len(report.done) + len(report.skipped)
+    _error(
+        "refine",
+        f"{len(report.failed)} of {len(jobs)} videos failed ({kept} done and kept); fix the inputs named"
+        f" above and rerun the same command (tracebacks in {a.out / 'manifest.json'})",
+    )
+    return 1
 
 
 def _model_cfg_if_needed(a: argparse.Namespace, needed: bool) -> ModelConfig | None:
@@ -614,6 +773,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _error(command: str, message: str) -> None:
+    print(f"sam2vss {command}: error: {' '.join(str(message).splitlines())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -628,9 +791,25 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (DataError, ValueError) as e:
-        print(f"sam2vss {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt as e:
+        error, code = e, 130
+        message = (
+            "interrupted (Ctrl-C): finished videos are kept, the one in progress left no output;"
+            " rerun the same command to resume"
+        )
+    except (DataError, ValueError) as e:  # ModelError and outdir.OutputError too: refused before work
+        error, code, message = e, 2, str(e)
+    except OSError as e:
+        error, code = e, 1
+        where = f"{e.filename}: " if e.filename else ""
+        message = f"{where}{e.strerror or e}; check the path, its permissions and free space"
+    except Exception as e:  # a bug: one line here, the traceback with --debug
+        error, code = e, 1
+        message = f"internal error ({type(e).__name__}: {e}); rerun with --debug and report it"
+    if args.debug or envs.SAM2VSS_DEBUG:
+        traceback.print_exception(error)
+    _error(args.command, message)
+    return code
 
 
 if __name__ == "__main__":

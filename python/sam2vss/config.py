@@ -163,6 +163,17 @@ def config_hash(cfg: object) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# The refiner's thresholds and their valid ranges (RefineConfig checks them, the CLI's flags too):
+# the predicted IoU, the stability score and the NMS IoU are shares; the stability offset is a
+# margin on the mask logits (SAM2's default 1.0, the paper's 0.9).
+THRESHOLD_RANGES: dict[str, tuple[float, float]] = {
+    "pred_iou_thresh": (0.0, 1.0),
+    "stability_thresh": (0.0, 1.0),
+    "stability_offset": (0.0, float("inf")),
+    "box_nms_thresh": (0.0, 1.0),
+}
+
+
 @dataclass(frozen=True)
 class RefineConfig:
     """The refiner (the paper's Fig. 1, METRICS.md 8.5); defaults are the paper's settings."""
@@ -207,6 +218,13 @@ class RefineConfig:
             (
                 not (self.masks == "superpixel" and self.paint_order == "logit"),
                 "superpixels have no logits: use paint_order area or amg",
+            ),
+            *(
+                (
+                    lo <= getattr(self, name) <= hi,
+                    f"{name} must be in [{lo}, {hi}], got {getattr(self, name)}",
+                )
+                for name, (lo, hi) in THRESHOLD_RANGES.items()
             ),
         ]
         for ok, message in checks:

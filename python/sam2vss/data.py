@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sam2vss.labels import reduce_vspw, vipseg_to_semantic
+from sam2vss.labels import IGNORE, NUM_CLASSES, bad_label_ids, reduce_vspw, vipseg_to_semantic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LABEL_SUFFIXES = (".png",)
@@ -59,15 +59,19 @@ def read_split(path: Path) -> list[str]:
     return names
 
 
+def _check_mode(im: Image.Image, path: Path) -> None:
+    if im.mode not in ("P", "L"):
+        raise DataError(
+            f"{path}: label PNG has mode {im.mode!r}; expected a single-channel palette (P)"
+            " or grayscale (L) PNG of class ids (convert RGB color maps to ids first)"
+        )
+
+
 def read_label_png(path: Path) -> np.ndarray:
     """A label PNG as (H, W) uint8 indices; palette ('P') and grayscale ('L') both accepted."""
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise DataError(
-                    f"{path}: label PNG has mode {im.mode!r}; expected a single-channel palette (P)"
-                    " or grayscale (L) PNG of class ids (convert RGB color maps to ids first)"
-                )
+            _check_mode(im, path)
             return np.array(im)
     except FileNotFoundError:
         raise DataError(f"{path}: label file not found") from None
@@ -112,6 +116,11 @@ class Dataset:
             return self.root / "data" / video / "mask"
         return self.root / "panomasks" / video
 
+    def input_dirs(self) -> list[Path]:
+        """The folders holding the dataset's frames and labels (refine's output guard)."""
+        names = ("data",) if self.layout == "vspw" else ("imgs", "images", "panomasks")
+        return [self.root / n for n in names if (self.root / n).is_dir()]
+
     def instance_dir(self, video: str) -> Path:
         """Per-object instance ids (our synthetic sets; VIPSeg things are in the panomasks)."""
         return self.root / "data" / video / "instance"
@@ -122,23 +131,39 @@ class Dataset:
     def image_frames(self, video: str) -> list[str]:
         return list_frames(self.image_dir(video), IMAGE_SUFFIXES, f"frame folder of {video}")
 
-    def read_gt(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """(reduced, raw) ground truth of one frame. For VIPSeg both are the semantic map."""
+    def read_gt(self, path: Path, num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+        """(reduced, raw) ground truth of one frame, validated by the label policy (void allowed):
+        both evaluators read GT here, so they agree or both refuse. For VIPSeg both are the
+        semantic map."""
         if self.layout == "vspw":
             raw = read_label_png(path)
-            return reduce_vspw(raw), raw
-        try:
-            sem = vipseg_to_semantic(read_panomask_png(path))
-        except ValueError as e:
-            raise DataError(f"{path}: {e}") from e
-        return sem, sem
+            gt = reduce_vspw(raw)
+        else:
+            try:
+                gt = raw = vipseg_to_semantic(read_panomask_png(path))
+            except ValueError as e:
+                raise DataError(f"{path}: {e}") from e
+        bad = bad_label_ids(gt, num_classes, void_ok=True)
+        if bad is not None:
+            value, pixels, x, y = bad
+            found = f"raw id {raw[y, x]}" if self.layout == "vspw" else f"class {value}"
+            expected = (
+                f"VSPW raw ids are 0 (others), 1..{num_classes} (classes) and 255 (void)"
+                if self.layout == "vspw"
+                else f"classes are 0..{num_classes - 1} and 255 (void)"
+            )
+            raise DataError(
+                f"{path}: ground-truth {found} on {pixels} pixels (first at x={x}, y={y});"
+                f" {expected}: check the file, or --num-classes"
+            )
+        return gt, raw
 
 
 def open_dataset(root: Path, layout: str = "auto") -> Dataset:
     """Open a dataset root; `layout="auto"` detects VSPW (data/) or VIPSeg (panomasks/)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"dataset root {root} does not exist; pass --data with a VSPW or VIPSeg root")
+        raise DataError(f"--data {root}: no such folder; pass a VSPW or VIPSeg dataset root")
     if layout == "auto":
         if (root / "data").is_dir():
             layout = "vspw"
@@ -154,8 +179,9 @@ def open_dataset(root: Path, layout: str = "auto") -> Dataset:
     return Dataset(root, layout)
 
 
-def match_frames(gt_names: list[str], pred_dir: Path, video: str) -> list[str]:
-    """The prediction file names for `gt_names`: same stems, `.png`; errors name the gap."""
+def match_frames(gt_names: list[str], pred_dir: Path, video: str, against: str = "ground truth") -> list[str]:
+    """The prediction file names for `gt_names`: same stems, `.png`; errors name the gap.
+    `against` names what `gt_names` are: the ground-truth masks (eval) or the frames (refine)."""
     pred_names = list_frames(pred_dir, LABEL_SUFFIXES, f"prediction folder of {video}")
     want = [Path(n).stem + ".png" for n in gt_names]
     if pred_names != want:
@@ -165,11 +191,11 @@ def match_frames(gt_names: list[str], pred_dir: Path, video: str) -> list[str]:
         if missing:
             detail.append(f"missing {len(missing)} (first: {missing[0]})")
         if extra:
-            detail.append(f"{len(extra)} not in the ground truth (first: {extra[0]})")
+            detail.append(f"{len(extra)} not in the {against} (first: {extra[0]})")
         raise DataError(
-            f"prediction folder {pred_dir} has {len(pred_names)} frames, the ground truth of"
+            f"prediction folder {pred_dir} has {len(pred_names)} frames, the {against} of"
             f" {video} has {len(gt_names)}: {', '.join(detail)}; predictions must be named like"
-            " the ground-truth masks, one PNG per frame"
+            f" the {against} files (same name, .png), one PNG per frame"
         )
     return want
 
@@ -181,12 +207,62 @@ def check_prediction(pred: np.ndarray, gt_shape: tuple[int, ...], path: Path, nu
             f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH), ground truth is"
             f" {gt_shape[1]}x{gt_shape[0]}; predictions must be at the ground-truth resolution"
         )
-    top = int(pred.max(initial=0))
-    if top >= num_classes:
-        raise DataError(
-            f"{path}: predicted label {top} is outside 0..{num_classes - 1}; every pixel needs a"
-            f" class id (fill void/255 before evaluating, or check --num-classes)"
-        )
+    _check_ids(pred, path, num_classes, "predicted label", "fill void/255 before evaluating")
+
+
+def _check_ids(labels: np.ndarray, path: Path, num_classes: int, what: str, fill: str) -> None:
+    """The label policy (labels.bad_label_ids, void refused) as an error naming the file."""
+    bad = bad_label_ids(labels, num_classes, void_ok=False)
+    if bad is None:
+        return
+    value, pixels, x, y = bad
+    kind = " (void)" if value == IGNORE else ""
+    raise DataError(
+        f"{path}: {what} {value}{kind} on {pixels} pixels (first at x={x}, y={y}) is outside"
+        f" 0..{num_classes - 1}; every pixel needs a class id ({fill}, or check --num-classes)"
+    )
+
+
+class BaseLabels:
+    """A video's base labels S_t for `refine`, each validated as it is read, like `eval`
+    validates predictions: mode L or P, one size for all of the video's labels (outputs are
+    written at the base labels' resolution, DESIGN.md) and ids by the label policy (void
+    refused). `check_headers` runs the mode and size checks on every file's header, before any
+    compute; the ids are checked when a label is decoded for its window."""
+
+    def __init__(self, folder: Path, num_classes: int):
+        self.folder, self.num_classes = Path(folder), num_classes
+        self.first: tuple[str, tuple[int, int]] | None = None  # (name, (h, w)) of the first label
+
+    def _check_size(self, name: str, hw: tuple[int, int]) -> None:
+        if self.first is None:
+            self.first = (name, hw)
+        elif hw != self.first[1]:
+            (h0, w0), (h, w) = self.first[1], hw
+            raise DataError(
+                f"{self.folder / name}: base label is {w}x{h} (WxH), {self.first[0]} of the same"
+                f" video is {w0}x{h0}; a video's labels must all have one size (outputs are written"
+                " at the base labels' resolution): resize it with nearest-neighbour sampling"
+            )
+
+    def check_headers(self, names: Sequence[str]) -> None:
+        for name in names:
+            path = self.folder / name
+            try:
+                with Image.open(path) as im:  # lazy: reads the header, decodes nothing
+                    _check_mode(im, path)
+                    self._check_size(name, (im.height, im.width))
+            except FileNotFoundError:
+                raise DataError(f"{path}: label file not found") from None
+            except OSError as e:
+                raise DataError(f"{path}: cannot read PNG ({e}); the file is damaged or truncated") from e
+
+    def __call__(self, name: str) -> np.ndarray:
+        path = self.folder / name
+        labels = read_label_png(path)
+        self._check_size(name, labels.shape)
+        _check_ids(labels, path, self.num_classes, "base label", "fill void/255 with a class first")
+        return labels
 
 
 @dataclass(frozen=True)
@@ -233,6 +309,7 @@ def open_video_with_labels(video: Path, labels: Path) -> VideoWithLabels:
 
 
 __all__ = [
+    "BaseLabels",
     "DataError",
     "Dataset",
     "VideoWithLabels",

@@ -108,7 +108,12 @@ def run_demo(
         f"Synthetic set: {videos} videos x {frames} frames at {cfg.height}x{cfg.width}, seed {cfg.seed}.",
         "Base: " + describe_counts(base) + ".",
         f"Refined: {report.frames} frames in {report.seconds:.1f} s"
-        f" ({report.frames / max(report.seconds, 1e-9):.1f} frames/s on this machine).",
+        f" ({report.frames / max(report.seconds, 1e-9):.1f} frames/s on this machine)"
+        + (
+            f"; {len(report.skipped)} videos already refined by an earlier run, kept."
+            if report.skipped
+            else "."
+        ),
         f"Total time {time.perf_counter() - t0:.1f} s.",
     ]
     pred_dirs = [("base", root / "pred_base"), ("refined", refined_dir)]

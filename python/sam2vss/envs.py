@@ -21,3 +21,9 @@ SAM2VSS_FAULT_EXIT_AFTER: int | None = (
     int(os.environ["SAM2VSS_FAULT_EXIT_AFTER"]) if os.environ.get("SAM2VSS_FAULT_EXIT_AFTER") else None
 )
 SAM2VSS_FAULT_ONCE: str | None = os.environ.get("SAM2VSS_FAULT_ONCE") or None
+# SAM2VSS_FAULT_PAUSE=PATH (tests only): after its first written frame, a refine run creates
+# PATH.paused and waits until PATH exists, so a test can hold it mid-video.
+SAM2VSS_FAULT_PAUSE: str | None = os.environ.get("SAM2VSS_FAULT_PAUSE") or None
+
+# SAM2VSS_DEBUG=1: the CLI prints the traceback above its one-line error (as --debug does).
+SAM2VSS_DEBUG: bool = os.environ.get("SAM2VSS_DEBUG", "").strip() not in ("", "0")

@@ -56,7 +56,7 @@ class _FrameWork:
 
     def __call__(self, frame: _Frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(conf counts, boundary counts, GT for VC, prediction) of one frame."""
-        gt, raw = self.dataset.read_gt(frame.gt)
+        gt, raw = self.dataset.read_gt(frame.gt, self.cfg.num_classes)
         pred = read_label_png(frame.pred)
         check_prediction(pred, gt.shape, frame.pred, self.cfg.num_classes)
         if not hasattr(self._local, "ws"):

@@ -2,7 +2,8 @@
 
 The one decision to know: everything downstream of this module sees *reduced* ground truth
 (0..C-1 valid, 255 ignore; METRICS.md 1.2) except video consistency under `vc_gt="raw"`, and
-predictions are always class ids 0..C-1.
+predictions are always class ids 0..C-1. `bad_label_ids` is the one label-id policy every reader
+applies (README "Labels and void").
 """
 
 from __future__ import annotations
@@ -89,3 +90,30 @@ def vipseg_to_semantic(panomask: np.ndarray) -> np.ndarray:
             f" 0..{NUM_CLASSES - 1}; expected a VIPSeg panomask (16-bit PNG from panomasks/)"
         )
     return sem.astype(np.uint8)
+
+
+def bad_label_ids(labels: np.ndarray, num_classes: int, void_ok: bool) -> tuple[int, int, int, int] | None:
+    """The label-id policy of sam2vss, the one place it is written (README "Labels and void").
+
+    A label map holds class ids 0..C-1. 255 (IGNORE) is void: allowed in (reduced) ground truth,
+    where it means "not evaluated" (`void_ok=True`), and refused in predictions and base labels,
+    since every output pixel needs a class (DESIGN.md: labels written are always 0..C-1; a VPS
+    model's unassigned pixels must be filled with a class first, METRICS.md 5.3). Any other id is
+    an error, never clipped or ignored: a base id >= C would land in another masklet's votes.
+
+    Returns None when the map is valid, else (smallest bad id, pixels holding bad ids, x, y of the
+    first pixel with that id) for the error message.
+    """
+    top = int(labels.max(initial=0))
+    if top < num_classes:  # the common case: one pass, no histogram
+        return None
+    counts = np.bincount(labels.ravel(), minlength=256)
+    counts[:num_classes] = 0
+    if void_ok:
+        counts[IGNORE] = 0
+    bad = np.flatnonzero(counts)
+    if bad.size == 0:
+        return None
+    value = int(bad[0])
+    y, x = (int(i) for i in np.argwhere(labels == value)[0])
+    return value, int(counts.sum()), x, y

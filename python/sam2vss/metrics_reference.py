@@ -108,7 +108,7 @@ def evaluate_reference(
         pred_names = match_frames(gt_names, Path(pred_dir) / video, video)
         vc_gts, preds = [], []
         for g_name, p_name in zip(gt_names, pred_names, strict=True):
-            gt, raw = dataset.read_gt(dataset.gt_dir(video) / g_name)
+            gt, raw = dataset.read_gt(dataset.gt_dir(video) / g_name, c)
             pred_path = Path(pred_dir) / video / p_name
             pred = read_label_png(pred_path)
             check_prediction(pred, gt.shape, pred_path, c)

@@ -1,21 +1,27 @@
 """`sam2vss refine`: run a refiner over a dataset (or one video file) with resumable outputs.
 
-Outputs follow the prediction-folder layout OUT/<video>/<frame>.png. Every frame is written to a
-temporary name and renamed; OUT/manifest.json records the configuration hash and each video's
-status (done with its frame count and time, or failed with the error and traceback). A rerun
-with the same configuration skips videos that are done and whose files are all there, and
-redoes the rest from their first frame; a failing video is reported and the others go on.
+Outputs follow the prediction-folder layout OUT/<video>/<frame>.png; outdir.py guards, locks and
+records the folder. A video is written to OUT/.partial/<video> (each frame to a temporary name,
+renamed) and moved into place when complete. OUT/manifest.json records the configuration, the
+run header and each video's status: done with its frames, time, masklets and coverage per
+window, the digest of its outputs and the record of its inputs, or failed with the error. A
+rerun with the same configuration skips videos that are done, whose outputs are all there and
+whose inputs are unchanged (files whose size or mtime changed are re-hashed), and redoes the
+rest from their first frame, saying why. A failing video is reported and the others go on; bad
+input data (DataError) fails at once, other errors are retried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,13 +30,31 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sam2vss import envs
-from sam2vss.config import RefineConfig
-from sam2vss.data import IMAGE_SUFFIXES, DataError, Dataset, list_frames, match_frames, read_label_png
+from sam2vss import envs, outdir
+from sam2vss.config import PRESETS, RefineConfig
+from sam2vss.data import (
+    IMAGE_SUFFIXES,
+    BaseLabels,
+    DataError,
+    Dataset,
+    list_frames,
+    match_frames,
+    read_label_png,
+)
 from sam2vss.engine import make_refiner
+from sam2vss.labels import NUM_CLASSES
 from sam2vss.model import ModelConfig, model_identity
+from sam2vss.outdir import Input, Manifest
 from sam2vss.reference import ReferenceRefiner, Refined, Window
-from sam2vss.sinks import write_json, write_label_png
+from sam2vss.report import (
+    RefineReport,
+    format_header,
+    low_coverage_warning,
+    masklet_summary,
+    run_header,
+    video_line,
+)
+from sam2vss.sinks import write_label_png
 from sam2vss.sources import Prefetcher, open_source
 
 log = logging.getLogger(__name__)
@@ -57,7 +81,7 @@ def dataset_jobs(dataset: Dataset, pred_dir: Path, split: str, decoder: str = "a
         folder = dataset.image_dir(video)
         try:
             names = [Path(n).stem + ".png" for n in list_frames(folder, IMAGE_SUFFIXES, "frame folder")]
-            labels = tuple(match_frames(names, Path(pred_dir) / video, video))
+            labels = tuple(match_frames(names, Path(pred_dir) / video, video, against="frame folder"))
         except DataError as e:
             jobs.append(VideoJob(video, folder, Path(pred_dir) / video, (), error=str(e), decoder=decoder))
             continue
@@ -74,45 +98,81 @@ def video_job(video: Path, labels: Path, decoder: str = "auto") -> VideoJob:
     return VideoJob(pair.name, pair.video, pair.labels, pair.frames, decoder=decoder)
 
 
-def refine_config_hash(cfg: RefineConfig, model_cfg: ModelConfig | None, pipeline: str = "reference") -> str:
+def refine_settings(
+    cfg: RefineConfig,
+    model_cfg: ModelConfig | None,
+    pipeline: str = "reference",
+    model_dtype: str = "float32",
+) -> dict:
     """What changes the outputs: the refiner config, the pipeline and, for SAM2 masklets, the model
-    and weights (the fast pipeline agrees with the reference on >= 99.9% of pixels, not all)."""
+    and weights (the fast pipeline agrees with the reference on >= 99.9% of pixels, not all), and
+    the model's dtype when it is not float32 (so the hashes of existing folders stay the same)."""
     if pipeline == "reference" or cfg.masks == "superpixel":  # presets and backends act in the fast one
         cfg, pipeline = replace(cfg, preset="exact", backend="eager"), "reference"
     parts: dict = {"refine": asdict(cfg), "pipeline": pipeline}
     if cfg.masks != "superpixel" and model_cfg is not None:
         parts["model"] = model_identity(model_cfg)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if model_dtype != "float32":
+        parts["model_dtype"] = model_dtype
+    return parts
 
 
-class Manifest:
-    """OUT/manifest.json: configuration hash and per-video status, rewritten atomically."""
+def refine_config_hash(
+    cfg: RefineConfig,
+    model_cfg: ModelConfig | None,
+    pipeline: str = "reference",
+    *,
+    model_dtype: str = "float32",
+) -> str:
+    """The manifest's configuration hash, pinned by tests/test_outdir.py::test_config_hash_is_pinned:
+    a deliberate change bumps outdir.SCHEMA and says how older folders are treated (README)."""
+    return _hash(refine_settings(cfg, model_cfg, pipeline, model_dtype))
 
-    def __init__(self, out: Path, cfg_hash: str, config: dict, overwrite: bool = False):
-        self.path = Path(out) / "manifest.json"
-        self.data = {"config_hash": cfg_hash, "config": config, "videos": {}}
-        if self.path.is_file() and not overwrite:
-            old = json.loads(self.path.read_text())
-            if old.get("config_hash") != cfg_hash:
-                raise DataError(
-                    f"{self.path}: this output folder holds results of another configuration"
-                    f" ({old.get('config_hash')} != {cfg_hash}); use a new --out, or --overwrite"
-                )
-            self.data = old
 
-    def done(self, job: VideoJob, out: Path) -> bool:
-        """Finished: recorded done, and every output file there with the recorded checksum."""
-        entry = self.data["videos"].get(job.name, {})
-        if job.error is not None or entry.get("status") != "done":
-            return False
-        try:
-            return output_digest(job, out) == entry.get("sha256")
-        except FileNotFoundError:
-            return False
+def _hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def record(self, name: str, entry: dict) -> None:
-        self.data["videos"][name] = entry
-        write_json(self.path, self.data)
+
+def _legacy_settings(config: dict) -> dict:
+    """The hashed settings of a schema-1 manifest, rebuilt from its "config" (refine, model,
+    pipeline as written by the landed code) so a mismatch can name fields; raw when that fails."""
+    try:
+        model = config.get("model")
+        model_cfg = ModelConfig(**model) if model else None
+        return refine_settings(RefineConfig(**config["refine"]), model_cfg, config["pipeline"])
+    except (KeyError, TypeError, ValueError):
+        return config
+
+
+def input_files(job: VideoJob, masks: str, checkpoint: Path | None = None) -> dict[str, Path]:
+    """Every file a video's refinement reads, keyed by role and name: its frames (folder) or video
+    file, its base labels, its instance masks with masks="instances", and the checkpoint."""
+    files: dict[str, Path] = {}
+    if job.video.is_dir():
+        names = list_frames(job.video, IMAGE_SUFFIXES, "frame folder")
+        files |= {f"frames/{n}": job.video / n for n in names}
+    else:
+        files[f"video/{job.video.name}"] = job.video
+    files |= {f"labels/{n}": job.label_dir / n for n in job.label_names}
+    if masks == "instances" and job.instance_dir is not None:
+        files |= {f"instances/{n}": job.instance_dir / n for n in list_frames(job.instance_dir)}
+    if checkpoint is not None:
+        files["checkpoint"] = checkpoint
+    return files
+
+
+def job_inputs(jobs: Sequence[VideoJob]) -> list[Input]:
+    """The folders every job reads, for the output guard (the CLI adds --data, --pred, --labels)."""
+    inputs = []
+    for job in jobs:
+        inputs.append(Input(f"the base labels of {job.name}", job.label_dir))
+        if job.video.is_dir():
+            inputs.append(Input(f"the frames of {job.name}", job.video))
+        else:
+            inputs.append(Input(f"the folder of {job.video.name}", job.video.parent, tree=False))
+        if job.instance_dir is not None:
+            inputs.append(Input(f"the instance masks of {job.name}", job.instance_dir))
+    return inputs
 
 
 def output_names(job: VideoJob) -> list[str]:
@@ -134,14 +194,16 @@ def _windows(
     device: str | torch.device = "cpu",
     compute_device: str | torch.device | None = None,
     prepare=None,
+    num_classes: int = NUM_CLASSES,
 ) -> Iterator[tuple[int, Window]]:
     """The job's windows in order: frames decoded by its source (onto `device` where the backend
-    can), base predictions (one uint8 tensor per window on `compute_device`, default `device`,
-    uploaded pinned and non-blocking), `prepare(frames)` (the refiner's model-size images, when
-    it has them) and, for masks="instances", the first frame's instance ids. Runs on the decode
-    thread (Prefetcher), one window ahead of the compute."""
+    can), base predictions (validated as read: data.BaseLabels; one uint8 tensor per window on
+    `compute_device`, default `device`, uploaded pinned and non-blocking), `prepare(frames)` (the
+    refiner's model-size images, when it has them) and, for masks="instances", the first frame's
+    instance ids. Runs on the decode thread (Prefetcher), one window ahead of the compute."""
     names = list(job.label_names)
     compute_device = torch.device(compute_device or device)
+    read_labels = BaseLabels(job.label_dir, num_classes)
     with open_source(job.video, job.decoder, device) as source:
         if len(source) != len(names):
             raise DataError(
@@ -151,7 +213,7 @@ def _windows(
         inst_names = list_frames(job.instance_dir) if job.instance_dir is not None else []
         for start, frames in zip(range(0, len(names), window), source.windows(window), strict=True):
             stop = start + frames.shape[0]
-            labels = _stack_labels([job.label_dir / n for n in names[start:stop]])
+            labels = torch.from_numpy(np.stack([read_labels(n) for n in names[start:stop]]))  # one size
             if compute_device.type == "cuda":
                 labels = labels.pin_memory().to(compute_device, non_blocking=True)
             inst = None
@@ -162,19 +224,9 @@ def _windows(
             yield start, Window(frames, labels, paths, inst, images)
 
 
-def _stack_labels(paths: list[Path]) -> torch.Tensor:
-    """(T, h, w) uint8 base labels of one window."""
-    arrays = [read_label_png(p) for p in paths]
-    for p, a in zip(paths, arrays, strict=True):
-        if a.shape != arrays[0].shape:
-            raise DataError(
-                f"{p}: label map is {a.shape[1]}x{a.shape[0]} (WxH) but {paths[0].name} is"
-                f" {arrays[0].shape[1]}x{arrays[0].shape[0]}; all of a video's labels must have one size"
-            )
-    return torch.from_numpy(np.stack(arrays))
-
-
-def refiner_windows(refiner: ReferenceRefiner, job: VideoJob, window: int | None = None):
+def refiner_windows(
+    refiner: ReferenceRefiner, job: VideoJob, window: int | None = None, num_classes: int | None = None
+):
     """`_windows` as `refiner` consumes them: decoded where it wants frames, labels on its device,
     its model-size images prepared."""
     return _windows(
@@ -183,19 +235,29 @@ def refiner_windows(refiner: ReferenceRefiner, job: VideoJob, window: int | None
         refiner.frames_device,
         refiner.device,
         getattr(refiner, "prepare", None),
+        num_classes or refiner.cfg.num_classes,
     )
 
 
-def refine_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, num_classes: int, bar: tqdm) -> int:
+def refine_video(
+    refiner: ReferenceRefiner,
+    job: VideoJob,
+    out: Path,
+    num_classes: int,
+    bar: tqdm,
+    window_stats: list[Refined] | None = None,
+) -> int:
     """Refine one video into OUT/<video>/; returns its frame count.
 
     The loop: decode (a background thread, one window ahead) -> refine_window -> write (a thread
     pool, PNG encoding overlapping the next window's compute). `refiner.stages` gets the time the
-    compute thread waited for decode ("decode wait") and for the writers ("write wait")."""
+    compute thread waited for decode ("decode wait") and for the writers ("write wait");
+    `window_stats` gets each window's Refined (its `.stats`: masklets, coverage, read once the
+    writes are done)."""
     written = 0
     for stale in (out / job.name).glob(".*.tmp"):  # left by a killed run: its writes never completed
         stale.unlink(missing_ok=True)
-    windows = Prefetcher(refiner_windows(refiner, job))
+    windows = Prefetcher(refiner_windows(refiner, job, num_classes=num_classes))
     writes: list[Future] = []
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam2vss-write")
     t_window = time.perf_counter()
@@ -205,6 +267,8 @@ def refine_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, num_classe
             for t in range(len(refined)):
                 path = out / job.name / (Path(job.label_names[start + t]).stem + ".png")
                 writes.append(pool.submit(_write_frame, path, refined, t, num_classes))
+            if window_stats is not None:  # read after the writes: waiting here would stall the GPU
+                window_stats.append(refined)
             t0 = time.perf_counter()
             written += _drain(writes, keep=refiner.cfg.window, bar=bar)
             now = time.perf_counter()
@@ -245,10 +309,17 @@ _frames_written = 0
 
 
 def _fault_hook() -> None:
-    """SAM2VSS_FAULT_EXIT_AFTER=N: exit abruptly after N frames in this process (tests only);
-    with SAM2VSS_FAULT_ONCE=PATH only the first process to get there exits (it creates PATH)."""
+    """Test hooks, unset in normal use. SAM2VSS_FAULT_EXIT_AFTER=N: exit abruptly after N frames in
+    this process; with SAM2VSS_FAULT_ONCE=PATH only the first process to get there exits (it
+    creates PATH). SAM2VSS_FAULT_PAUSE=PATH: after the first frame, create PATH.paused and wait
+    until PATH exists (a run held mid-video, for the lock and Ctrl-C tests)."""
     global _frames_written
     _frames_written += 1
+    if envs.SAM2VSS_FAULT_PAUSE is not None and _frames_written == 1:
+        gate = Path(envs.SAM2VSS_FAULT_PAUSE)
+        Path(f"{gate}.paused").touch()
+        while not gate.exists():
+            time.sleep(0.02)
     if envs.SAM2VSS_FAULT_EXIT_AFTER is None or _frames_written < envs.SAM2VSS_FAULT_EXIT_AFTER:
         return
     if envs.SAM2VSS_FAULT_ONCE is not None:
@@ -259,24 +330,48 @@ def _fault_hook() -> None:
     os._exit(77)  # like a killed worker: no cleanup, no manifest update
 
 
-def process_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, retries: int, progress: bool) -> dict:
-    """Refine one video with up to `retries` retries; the manifest entry for it (never raises)."""
+def _failed(error: str, trace: str, attempts: int) -> dict:
+    return {"status": "failed", "error": error, "traceback": trace, "attempts": attempts}
+
+
+def process_video(
+    refiner: ReferenceRefiner, job: VideoJob, out: Path, retries: int, bar: tqdm | None = None
+) -> dict:
+    """Refine one video into OUT/.partial/<video>, then move it to OUT/<video>; the manifest entry
+    (never raises, except KeyboardInterrupt after dropping the partial video). A DataError (bad
+    input) fails at once: the same bytes fail the same way. Other errors are retried `retries`
+    times."""
     if job.error is not None:
-        return {"status": "failed", "error": f"DataError: {job.error}", "traceback": "", "attempts": 0}
-    errors = []
+        return _failed(job.error, "", 0)
+    bar = bar if bar is not None else tqdm(disable=True)
+    out, c = Path(out), refiner.cfg.num_classes
+    stage = out / outdir.PARTIAL / job.name
+    try:
+        BaseLabels(job.label_dir, c).check_headers(job.label_names)  # mode and size, before compute
+    except DataError as e:
+        return _failed(str(e), traceback.format_exc(), 0)
+    errors: list[tuple[str, str]] = []
     for attempt in range(1 + retries):
-        bar = tqdm(total=len(job.label_names), desc=job.name, unit="frame", disable=not progress, leave=False)
-        t0 = time.perf_counter()
+        shutil.rmtree(stage, ignore_errors=True)
+        windows: list[Refined] = []
+        t0, n0 = time.perf_counter(), bar.n
         refiner.stages.reset()
         try:
-            n = refine_video(refiner, job, out, refiner.cfg.num_classes, bar)
+            n = refine_video(refiner, job, stage.parent, c, bar, windows)
+            stats = [w.stats for w in windows]  # complete: the writers waited for every copy
         except Exception as e:  # one bad video never takes down the batch
+            bar.update(n0 - bar.n)  # the attempt's frames are not output
+            if isinstance(e, DataError):  # bad input: the same bytes fail the same way
+                errors.append((str(e), traceback.format_exc()))
+                break
             log.error("video %s failed (attempt %d of %d): %s", job.name, attempt + 1, 1 + retries, e)
             errors.append((f"{type(e).__name__}: {e}", traceback.format_exc()))
             continue
-        finally:
-            bar.close()
+        except BaseException:  # Ctrl-C: the writers have finished their frames; drop the partial video
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
         dt = time.perf_counter() - t0
+        outdir.publish(stage, out / job.name)
         return {
             "status": "done",
             "frames": n,
@@ -284,27 +379,68 @@ def process_video(refiner: ReferenceRefiner, job: VideoJob, out: Path, retries: 
             "fps": round(n / dt, 3),
             "attempts": attempt + 1,
             "sha256": output_digest(job, out),
+            "masklets": masklet_summary(stats),
             # per-frame stage times; "decode wait" and "write wait" are the compute thread blocked
             "stages_ms_per_frame": refiner.stages.per_frame_ms(n),
             "decode_wait_share": round(refiner.stages.share("decode wait", dt), 4),
         }
-    return {"status": "failed", "error": errors[-1][0], "traceback": errors[-1][1], "attempts": len(errors)}
+    shutil.rmtree(stage, ignore_errors=True)
+    return _failed(*errors[-1], len(errors))
 
 
-@dataclass
-class RefineReport:
-    done: list[str]
-    skipped: list[str]
-    failed: dict[str, str]
-    frames: int
-    seconds: float
+# ------------------------------------------------------------------ the run
+def _plan(
+    jobs: Sequence[VideoJob], manifest: Manifest, out: Path, masks: str, checkpoint: Path | None
+) -> tuple[list[VideoJob], list[str], dict[str, str]]:
+    """(videos to refine, videos skipped, why each previously done video is refined again).
 
-    def add(self, name: str, entry: dict) -> None:
-        if entry["status"] == "done":
-            self.done.append(name)
-            self.frames += entry["frames"]
+    Done means: recorded done, every output there with the recorded digest, and the inputs'
+    bytes as recorded (only files whose size or mtime changed are re-hashed). Entries of schema 1
+    have no input record: their current inputs are recorded now."""
+    todo, skipped, redo = [], [], {}
+    refreshed = False
+    for job in jobs:
+        entry = manifest.videos.get(job.name, {})
+        if job.error is not None or entry.get("status") != "done":
+            todo.append(job)
+            continue
+        try:
+            intact = output_digest(job, out) == entry.get("sha256")
+        except FileNotFoundError:
+            intact = False
+        files = input_files(job, masks, checkpoint)
+        if entry.get("inputs") is None:  # schema 1 recorded no inputs: take them as they are now
+            recorded = outdir.input_record(files)
         else:
-            self.failed[name] = entry["error"]
+            recorded = outdir.load_record(out, job.name, entry["inputs"])
+        changed, now = outdir.changed_inputs(files, recorded or {})
+        if intact and recorded is not None and not changed:
+            if now != recorded or entry.get("inputs") is None:  # new mtimes: no re-hash next time
+                entry["inputs"] = outdir.save_record(out, job.name, now)
+                refreshed = True
+            skipped.append(job.name)
+            continue
+        if not intact:
+            redo[job.name] = "its outputs are missing or were modified"
+        elif recorded is None:
+            redo[job.name] = f"its input record {out / outdir.INPUTS / job.name}.json is missing"
+        else:
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            redo[job.name] = f"its inputs changed ({', '.join(changed[:3])}{more})"
+        todo.append(job)
+    if refreshed:
+        manifest.save()
+    return todo, skipped, redo
+
+
+def _ray_model_dtype(cfg: RefineConfig, model_cfg: ModelConfig | None, pipeline: str) -> str:
+    """The model dtype Ray actors will run (the driver builds no refiner): a preset's bf16 model
+    on CUDA unless --device cpu. On a cluster without GPUs the actors run fp32 and the folder is
+    keyed bf16: a later fp32 run is refused as another configuration, never mixed in."""
+    if pipeline != "fast" or cfg.masks == "superpixel" or model_cfg is None:
+        return "float32"
+    device = "cpu" if model_cfg.device == "cpu" else "cuda"
+    return "bfloat16" if PRESETS[cfg.preset].use_bf16(device) else "float32"
 
 
 def refine_jobs(
@@ -319,31 +455,123 @@ def refine_jobs(
     workers: int | None = None,
     ray_address: str | None = None,
     pipeline: str = "reference",
+    protect: Sequence[Input] = (),
 ) -> RefineReport:
     """Refine every job not already done in OUT (manifest), with the `local` or `ray` runner and
-    the `reference` or `fast` pipeline."""
+    the `reference` or `fast` pipeline. Nothing is written before --out is found clear of every
+    input (`protect`: named by the CLI's flags; then each job's folders), writable, and locked
+    for this run; each refusal is an OutputError (a DataError: exit 2 at the CLI)."""
     out = Path(out)
-    config = {"refine": asdict(cfg), "model": asdict(model_cfg) if model_cfg else None, "pipeline": pipeline}
-    manifest = Manifest(out, refine_config_hash(cfg, model_cfg, pipeline), config, overwrite)
-    todo = [j for j in jobs if not manifest.done(j, out)]
-    report = RefineReport([], [j.name for j in jobs if j not in todo], {}, 0, 0.0)
-    if not todo:
-        return report
-    t_all = time.perf_counter()
-    if runner == "ray":
-        from sam2vss.scale import run_ray
-
-        results = run_ray(todo, out, cfg, model_cfg, retries, workers, ray_address, progress, pipeline)
-    elif runner == "local":
-        refiner = make_refiner(cfg, model_cfg, pipeline)
-        results = ((job.name, process_video(refiner, job, out, retries, progress)) for job in todo)
-    else:
+    if runner not in ("local", "ray"):
         raise ValueError(f"unknown runner {runner!r}; expected local or ray")
-    for name, entry in results:  # the driver is the manifest's only writer
-        manifest.record(name, entry)
-        report.add(name, entry)
-        if progress and entry["status"] == "done":
-            n, fps, wait = entry["frames"], entry["fps"], entry.get("decode_wait_share", 0.0)
-            tqdm.write(f"{name}: {n} frames, {fps:.2f} frames/s, decode wait {wait:.1%}")
-    report.seconds = time.perf_counter() - t_all
-    return report
+    uses_model = cfg.masks != "superpixel" and model_cfg is not None
+    ckpt_path = Path(model_cfg.checkpoint) if uses_model and not model_cfg.random_weights else None
+    if ckpt_path is not None and not ckpt_path.is_file():
+        raise DataError(
+            f"--checkpoint {ckpt_path}: file not found; pass a SAM2 .pt, or none for random weights"
+        )
+    outdir.guard_output(out, [*protect, *job_inputs(jobs)])
+    outdir.check_writable(out, "--out")
+    created = not out.exists()
+    lock = outdir.OutputLock(out)
+    lock.acquire()
+    try:
+        refiner = make_refiner(cfg, model_cfg, pipeline) if runner == "local" else None
+        ckpt = outdir.file_record(ckpt_path) if ckpt_path is not None else None
+        dtype = getattr(refiner, "model_dtype", None) or _ray_model_dtype(cfg, model_cfg, pipeline)
+        settings = refine_settings(cfg, model_cfg, pipeline, dtype)
+        first = (jobs[0].video, jobs[0].decoder) if jobs else None
+        header = run_header(refiner, cfg, model_cfg, pipeline, runner, first, ckpt and ckpt[2])
+        config = {
+            "refine": asdict(cfg),
+            "model": asdict(model_cfg) if model_cfg else None,
+            "pipeline": pipeline,
+        }
+        data = {"schema": outdir.SCHEMA, "config_hash": _hash(settings), "settings": settings}
+        manifest = outdir.open_manifest(
+            out, data | {"config": config, "run": header}, overwrite, _folder_settings
+        )
+        report = RefineReport([], [], {}, 0, 0.0, header=format_header(header))
+        print(report.header)
+        todo, report.skipped, report.redone = _plan(jobs, manifest, out, cfg.masks, ckpt_path)
+        for name, why in report.redone.items():
+            print(f"{name}: refining again: {why}")
+        if not todo:
+            return report
+        t_all = time.perf_counter()
+        bar = tqdm(total=sum(len(j.label_names) for j in todo), unit="frame", disable=not progress)
+        records: dict[str, dict] = {}  # each video's inputs, taken before it is refined
+        if runner == "ray":
+            from sam2vss.scale import run_ray
+
+            records = {j.name: _record(j, cfg.masks, ckpt_path) for j in todo if j.error is None}
+            results = run_ray(todo, out, cfg, model_cfg, retries, workers, ray_address, progress, pipeline)
+        else:
+            results = _run_local(refiner, todo, out, retries, bar, records, cfg.masks, ckpt_path)
+        with bar:
+            bar.set_description(f"videos 0/{len(todo)}")
+            for k, (name, entry) in enumerate(results, 1):  # the driver is the manifest's only writer
+                _finish(manifest, out, name, entry, records.get(name, {}), report, progress)
+                if runner == "ray":  # the local runner's writers advance the bar frame by frame
+                    bar.update(entry.get("frames", 0))
+                bar.set_description(f"videos {k}/{len(todo)}")
+        report.seconds = time.perf_counter() - t_all
+        return report
+    finally:
+        with contextlib.suppress(OSError):  # only when empty: a killed run's is cleared by the next
+            (out / outdir.PARTIAL).rmdir()
+        lock.release()
+        if created and out.is_dir() and not any(out.iterdir()):  # refused before writing anything
+            out.rmdir()
+
+
+def _folder_settings(manifest: dict) -> dict:
+    return manifest.get("settings") or _legacy_settings(manifest.get("config", {}))
+
+
+def _record(job: VideoJob, masks: str, checkpoint: Path | None) -> dict[str, list]:
+    return outdir.input_record(input_files(job, masks, checkpoint))
+
+
+def _run_local(
+    refiner: ReferenceRefiner,
+    todo: list[VideoJob],
+    out: Path,
+    retries: int,
+    bar: tqdm,
+    records: dict[str, dict],
+    masks: str,
+    checkpoint: Path | None,
+) -> Iterator[tuple[str, dict]]:
+    for job in todo:
+        if job.error is None:
+            try:
+                records[job.name] = _record(job, masks, checkpoint)
+            except (DataError, OSError) as e:
+                yield job.name, _failed(str(e), traceback.format_exc(), 0)
+                continue
+        yield job.name, process_video(refiner, job, out, retries, bar)
+
+
+def _finish(
+    manifest: Manifest,
+    out: Path,
+    name: str,
+    entry: dict,
+    inputs: dict,
+    report: RefineReport,
+    progress: bool,
+) -> None:
+    """Record one finished video. A failed video's older outputs are set aside, so the folder
+    never holds a result that disagrees with its manifest."""
+    if entry["status"] == "done":
+        entry["inputs"] = outdir.save_record(out, name, inputs)
+        if progress:
+            tqdm.write(video_line(name, entry))
+        warning = low_coverage_warning(name, entry)
+        if warning:
+            log.warning(warning)
+    elif (out / name).exists():
+        entry["superseded"] = str(outdir.supersede(out, [name], manifest=False))
+    manifest.record(name, entry)
+    report.add(name, entry)

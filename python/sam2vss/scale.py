@@ -52,7 +52,7 @@ class RefineActor:
         names, entries = [], []
         for index in batch["index"]:
             job = self.jobs[int(index)]
-            entry = process_video(self.refiner, job, self.out, self.retries, progress=False)
+            entry = process_video(self.refiner, job, self.out, self.retries)
             entry["worker"] = f"{socket.gethostname()}:{os.getpid()}"
             names.append(job.name)
             entries.append(json.dumps(entry))
