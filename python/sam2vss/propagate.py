@@ -100,8 +100,9 @@ def to_bf16(model: torch.nn.Module) -> torch.nn.Module:
     """The bf16 model of the fast presets on CUDA: weights, memory bank and position encodings
     in bf16, LayerNorms writing bf16 (autocast still runs, without casting weights or the
     LayerNorms' outputs back and forth); mask logits stay fp32 (SAM2 casts them). Complex RoPE
-    tables are plain attributes, untouched. Measured on the emulated device: ~760 -> ~? launches
-    per tracking step."""
+    tables are plain attributes, untouched. Measured on the emulated device (5 masklets at image
+    size 256, a full memory): 762 launches per tracking step with fp32 weights under autocast,
+    581 with bf16 weights, 508 with the LayerNorms in bf16 too."""
     model.to(torch.bfloat16)
     for m in model.modules():
         if isinstance(m, torch.nn.LayerNorm) and m.elementwise_affine:

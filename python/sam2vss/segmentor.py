@@ -214,7 +214,8 @@ def _encoder(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> nn.Module |
 @torch.inference_mode()
 def _features(encoder: nn.Module, img: np.ndarray) -> torch.Tensor:
     """(C, h, w) float32 host features of one RGB frame, computed on the encoder's device."""
-    device = next(encoder.parameters()).device
+    weight = next(iter([*encoder.parameters(), *encoder.buffers()]), None)  # a plug-in may have none
+    device = weight.device if weight is not None else torch.device("cpu")
     x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
     return encoder(x.to(device))[0].float().cpu()
 
