@@ -152,7 +152,7 @@ def test_shared_keyframe_is_encoded_once(scene):
     """Presets with device preprocessing hand the tracker's keyframe features to detection: the
     image encoder runs once per frame; `exact` runs it once more per window (the image
     predictor's own preprocessing) to stay equal to the reference."""
-    from sam2vss.engine import FastRefiner
+    from sam2vss.engine import Refiner
     from sam2vss.refine import _windows
 
     root, _, _ = scene
@@ -161,15 +161,17 @@ def test_shared_keyframe_is_encoded_once(scene):
     base = dict(masks="sam2", window=4, grid=4, pred_iou_thresh=0.0, stability_thresh=0.0)
     calls = {}
     for preset in ("exact", "fast"):
-        refiner = FastRefiner(RefineConfig(**base, preset=preset), MODEL)
+        refiner = Refiner.fast(RefineConfig(**base, preset=preset), MODEL)
         images = []
-        original = refiner.predictor.forward_image
+        model = refiner.source.model  # detection's model; the tracker's too at full size
+        assert model is refiner.tracker.model
+        original = model.forward_image
 
         def counting(x, original=original, images=images):
             images.append(x.shape[0])
             return original(x)
 
-        refiner.predictor.forward_image = counting
+        model.forward_image = counting
         refiner.refine_window(window)
         calls[preset] = sum(images)
     assert calls == {"exact": 5, "fast": 4}

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 from sam2vss.config import PRESETS, EngineConfig, RefineConfig, SynthConfig
 from sam2vss.data import open_dataset, read_label_png
-from sam2vss.engine import FastRefiner
+from sam2vss.engine import Refiner
+from sam2vss.masklets import InstanceMasks
 from sam2vss.model import ModelConfig
 from sam2vss.propagate import BatchedTracker, preprocess
-from sam2vss.reference import ReferenceRefiner
 from sam2vss.refine import _windows, dataset_jobs, refine_jobs
 from sam2vss.sources import to_rgb
 from sam2vss.synth import synthesize
@@ -35,21 +35,21 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference():
-    return ReferenceRefiner(RefineConfig(masks="instances", window=7), MODEL)
+    return Refiner.reference(RefineConfig(masks="instances", window=7), MODEL)
 
 
 def test_batched_propagation_equals_the_per_object_predictor(clip, reference):
     ds, pred = clip
     window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
-    masks, _ = reference._keyframe_masks(window)
+    masks, _ = reference.source.keyframe(window)
     assert len(masks) >= 3
-    official = list(reference._propagate(window, masks))
-    tracker = BatchedTracker(reference.predictor)
+    official = list(reference.tracker.track(window, masks))
+    tracker = BatchedTracker(reference.tracker.predictor)
     with torch.inference_mode():
         low = list(
             tracker.track(
                 torch.stack([preprocess(f, 256) for f in to_rgb(window.frames)]),
-                torch.from_numpy(np.stack(masks)),
+                masks,
             )
         )
     assert len(low) == len(official) == 7
@@ -67,21 +67,21 @@ def test_chunked_memory_attention_equals_one_call(clip, reference, tokens):
     own memory attention is back in place afterwards."""
     ds, pred = clip
     window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
-    masks, _ = reference._keyframe_masks(window)
+    masks, _ = reference.source.keyframe(window)
     per_call = tokens // 256  # 256 image tokens per masklet at image size 256
     assert per_call == 1 or len(masks) % per_call, "the split should end in a partial chunk"
     images = torch.stack([preprocess(f, 256) for f in to_rgb(window.frames)])
-    masks = torch.from_numpy(np.stack(masks))
-    attention = reference.predictor.memory_attention
+    predictor = reference.tracker.predictor
+    attention = predictor.memory_attention
     with torch.inference_mode():
-        whole = list(BatchedTracker(reference.predictor).track(images, masks))
+        whole = list(BatchedTracker(predictor).track(images, masks))
         batches = []
         hook = attention.register_forward_hook(lambda _m, args, _out: batches.append(args[1].shape[1]))
         try:
-            chunked = list(BatchedTracker(reference.predictor, chunk_tokens=tokens).track(images, masks))
+            chunked = list(BatchedTracker(predictor, chunk_tokens=tokens).track(images, masks))
         finally:
             hook.remove()
-    assert reference.predictor.memory_attention is attention
+    assert predictor.memory_attention is attention
     n = len(masks)
     assert batches == ([per_call] * (n // per_call) + [n % per_call] * (n % per_call > 0)) * 6
     err = max((a - b).abs().max().item() for a, b in zip(whole, chunked, strict=True))
@@ -89,7 +89,7 @@ def test_chunked_memory_attention_equals_one_call(clip, reference, tokens):
     assert err <= 1e-5
     assert all(torch.equal(a > 0, b > 0) for a, b in zip(whole, chunked, strict=True))
     with pytest.raises(ValueError, match="chunk_tokens"):
-        BatchedTracker(reference.predictor, chunk_tokens=0)
+        BatchedTracker(predictor, chunk_tokens=0)
 
 
 def _agreement(a_dir, b_dir) -> tuple[float, int]:
@@ -193,20 +193,21 @@ def test_device_preprocessing_keeps_agreement(clip, tmp_path, monkeypatch):
 def _window_and_masks(clip, refiner):
     ds, pred = clip
     window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
-    masks, _ = refiner.detect(window)
-    return refiner.preprocess(window), masks
+    masks, _ = refiner.source.keyframe(window)
+    return refiner.tracker.preprocess(window), masks
 
 
 def test_memory_frames_bound_the_state_and_cover_the_model(clip):
     """memory_frames=6 keeps exactly what SAM2 reads within a 7-frame window (6 memory frames,
     the prompt, pointers of all earlier frames): equal logits; memory_frames=2 keeps 2 frames."""
-    exact = FastRefiner(RefineConfig(masks="instances", window=7), MODEL)
+    exact = Refiner.fast(RefineConfig(masks="instances", window=7), MODEL)
     images, masks = _window_and_masks(clip, exact)
+    tracker = exact.tracker.batched
     with torch.inference_mode():
-        ref = list(exact.tracker.track(images, masks))
-        bounded = BatchedTracker(exact.predictor, memory_frames=6, chunk_tokens=exact.tracker.chunk_tokens)
+        ref = list(tracker.track(images, masks))
+        bounded = BatchedTracker(tracker.model, memory_frames=6, chunk_tokens=tracker.chunk_tokens)
         assert all(torch.equal(a, b) for a, b in zip(ref, bounded.track(images, masks), strict=True))
-        small = BatchedTracker(exact.predictor, memory_frames=2)
+        small = BatchedTracker(tracker.model, memory_frames=2)
         sizes = []
         original = small._step
 
@@ -221,18 +222,18 @@ def test_memory_frames_bound_the_state_and_cover_the_model(clip):
 
 
 def test_presets_cap_masklets_and_shrink_tracking(clip):
-    fastest = FastRefiner(RefineConfig(masks="instances", window=7, preset="fastest"), MODEL)
+    fastest = Refiner.fast(RefineConfig(masks="instances", window=7, preset="fastest"), MODEL)
     assert fastest.tracker.model.image_size == PRESETS["fastest"].track_size(256) == 128
-    assert fastest.tracker.memory_frames == PRESETS["fastest"].memory_frames
+    assert fastest.tracker.batched.memory_frames == PRESETS["fastest"].memory_frames
     ds, pred = clip
     window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
-    all_masks, all_areas = fastest._keyframe_masks(window)
-    fastest.engine = replace(fastest.engine, max_masklets=2)
-    masks, areas = fastest.detect(window)
+    all_masks, all_areas = InstanceMasks().keyframe(window)
+    fastest.source.max_masklets = 2
+    masks, areas = fastest.source.keyframe(window)
     assert len(all_masks) > 2 and len(masks) == 2
     assert sorted(areas.tolist()) == sorted(all_areas.tolist())[-2:]
     with torch.inference_mode():
-        (first, *_) = fastest.tracker.track(fastest.preprocess(window), masks)
+        (first, *_) = fastest.tracker.batched.track(fastest.tracker.preprocess(window), masks)
     assert first.shape == (2, 1, 32, 32)  # 128 / 4
 
 

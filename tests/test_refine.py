@@ -101,13 +101,13 @@ def _read_all(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_sam2_amg_masklets_end_to_end(tiny, tmp_path):
-    from sam2vss.reference import ReferenceRefiner
+    from sam2vss.engine import Refiner
 
     cfg = RefineConfig(masks="sam2", window=2, grid=4, pred_iou_thresh=0.0, stability_thresh=0.0)
     ds, pred = tiny
     job = dataset_jobs(ds, pred, "val")[0]
     window = next(iter(_windows(job, 2)))[1]
-    masks, areas = ReferenceRefiner(cfg, MODEL)._keyframe_masks(window)
+    masks, areas = Refiner.reference(cfg, MODEL).source.keyframe(window)
     assert len(masks) >= 1 and len(areas) == len(masks)  # lowered thresholds: masks exist
     report = _run(tiny, tmp_path / "out", cfg)
     assert report.done == ["0000_synth5", "0001_synth5"] and not report.failed

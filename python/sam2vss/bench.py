@@ -32,9 +32,8 @@ from tqdm import tqdm
 from sam2vss import model as sam2_model
 from sam2vss.config import RefineConfig, SynthConfig
 from sam2vss.data import open_dataset, read_label_png
-from sam2vss.engine import FastRefiner
+from sam2vss.engine import Refiner
 from sam2vss.model import ModelConfig
-from sam2vss.reference import ReferenceRefiner
 from sam2vss.refine import VideoJob, _windows, dataset_jobs, output_names, refine_video, refiner_windows
 
 
@@ -101,17 +100,18 @@ def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
 _CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
-def model_floor(refiner: FastRefiner, job: VideoJob, window: int) -> tuple[float, float]:
+def model_floor(refiner: Refiner, job: VideoJob, window: int) -> tuple[float, float]:
     """(seconds per frame, FLOPs per frame) of the model stages alone: the image encoder on every
     frame and one batched tracking step per frame, on preprocessed inputs and keyframe masks
     prepared beforehand (untimed). FLOPs are counted on the first window, outside the timing."""
     from torch.utils.flop_counter import FlopCounterMode
 
     inputs = []
+    tracker = refiner.tracker
     with torch.inference_mode(), sam2_model.autocast(refiner.device):
         for _, win in refiner_windows(refiner, job, window):
-            masks0, _ = refiner.detect(win)
-            inputs.append((refiner.preprocess(win), masks0 if masks0.shape[0] else None))
+            masks0, _ = refiner.source.keyframe(win)
+            inputs.append((tracker.preprocess(win), masks0 if masks0.shape[0] else None))
     seconds = frames = 0
     with torch.inference_mode(), sam2_model.autocast(refiner.device):
         for images, masks in inputs:
@@ -120,7 +120,7 @@ def model_floor(refiner: FastRefiner, job: VideoJob, window: int) -> tuple[float
                 continue
             _sync()
             t0 = time.perf_counter()
-            for _ in refiner.tracker.track(images, masks):
+            for _ in tracker.batched.track(images, masks):
                 pass
             _sync()
             seconds += time.perf_counter() - t0
@@ -128,7 +128,7 @@ def model_floor(refiner: FastRefiner, job: VideoJob, window: int) -> tuple[float
         # Compiled graphs bypass the dispatcher that counts FLOPs: count on the eager modules.
         counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS)
         with counter, torch._dynamo.config.patch(disable=True):
-            for _ in refiner.tracker.track(images, masks):
+            for _ in tracker.batched.track(images, masks):
                 pass
     return seconds / frames, counter.get_total_flops() / images.shape[0]
 
@@ -151,7 +151,7 @@ EMULATED_FIELDS = (
 
 
 def _run(
-    refiner: ReferenceRefiner, job: VideoJob, out: Path, name: str, preset: str, backend: str, emu=None
+    refiner: Refiner, job: VideoJob, out: Path, name: str, preset: str, backend: str, emu=None
 ) -> Row:
     """A warm-up window of up to WARMUP_FRAMES frames (lazy initialisation, allocator, and the
     compiled backends' graphs for every shape a window meets), then the whole clip through the
@@ -259,12 +259,12 @@ def _rows(job, model_cfg, windows, compare_reference, runs, progress, masks, emu
             ref_out = Path(tmp) / f"reference_w{w}"
             base = RefineConfig(masks=masks, window=w, **detection)
             if compare_reference:
-                ref = ReferenceRefiner(base, model_cfg)
+                ref = Refiner.reference(base, model_cfg)
                 rows.append(_run(ref, job, ref_out, "reference", "-", "-", emu))
                 bar.update()
             for preset, backend in runs:
                 cfg = replace(base, preset=preset, backend=backend)
-                fast = FastRefiner(cfg, model_cfg, synced_stages=emu is None)
+                fast = Refiner.fast(cfg, model_cfg, synced_stages=emu is None)
                 out = Path(tmp) / f"{preset}_{backend}_w{w}"
                 row = _run(fast, job, out, "fast", preset, backend, emu)
                 if emu is None:
@@ -341,21 +341,19 @@ def detect_sweep(
         cfg = RefineConfig(masks="sam2", window=1, grid=g, **lowered)
         ref_masks = None
         if compare_reference:
-            ref = ReferenceRefiner(cfg, model_cfg)
-            ms, found = _time_detect(lambda ref=ref: ref._keyframe_masks(window)[0], repeats)
-            empty = torch.zeros((0, *window.labels[0].shape), dtype=torch.bool)
-            ref_masks = torch.from_numpy(np.stack(found)) if found else empty
-            rows.append(DetectRow("reference", "-", "-", g, ms, len(found), 1.0))
+            ref = Refiner.reference(cfg, model_cfg)
+            ms, ref_masks = _time_detect(lambda ref=ref: ref.source.keyframe(window)[0], repeats)
+            rows.append(DetectRow("reference", "-", "-", g, ms, ref_masks.shape[0], 1.0))
             bar.update()
         for preset, backend in runs:
-            fast = FastRefiner(replace(cfg, preset=preset, backend=backend), model_cfg)
+            fast = Refiner.fast(replace(cfg, preset=preset, backend=backend), model_cfg)
 
             def detect(fast=fast):
                 with torch.inference_mode(), sam2_model.autocast(fast.device):
                     keyframe = None
-                    if fast.share_keyframe:
-                        keyframe = fast.tracker.encode_frame(fast.preprocess(window)[0])
-                    return fast.detect(window, keyframe)[0].cpu()
+                    if fast.source.shares_keyframe:
+                        keyframe = fast.tracker.encode_keyframe(fast.tracker.preprocess(window))
+                    return fast.source.keyframe(window, keyframe)[0].cpu()
 
             ms, masks = _time_detect(detect, repeats)
             iou = None if ref_masks is None else _mean_best_iou(ref_masks, masks)

@@ -383,8 +383,7 @@ class EmulatedCuda:
     # ------------------------------------------------------------------ phases
     def instrument(self, refiner) -> None:
         """Record per-window, per-phase counts of `refiner.refine_window` calls: the phase
-        advances each time the refiner asks its tracker (or the official predictor) for the
-        next frame."""
+        advances each time the refiner asks its tracker for the next frame."""
         emu = self
         run = refiner.refine_window
 
@@ -400,10 +399,8 @@ class EmulatedCuda:
                     emu._window, emu.phase = None, "outside"
 
         refiner.refine_window = refine_window
-        for owner, name in ((getattr(refiner, "tracker", None), "track"), (refiner, "_propagate")):
-            frames = getattr(owner, name, None) if owner is not None else None
-            if frames is not None:
-                setattr(owner, name, self._framed(frames))
+        if refiner.tracker is not None:
+            refiner.tracker.track = self._framed(refiner.tracker.track)
 
     def _framed(self, frames):
         emu = self

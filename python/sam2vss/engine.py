@@ -1,36 +1,40 @@
-"""The fast refiner: the reference refiner's labels with the per-object loop, the full-size
-intermediates and the host round trips removed.
+"""The refiner: a masklet source, a tracker and vote ops, composed and driven by one loop.
 
-Per window (`refine_window`, the engine loop; decode and PNG writes overlap it in refine.py):
-    model input (`exact`: frames resized by Pillow on the decode thread, normalised on the
-       device; other presets: resize + normalise fused on the device)
-    -> encode the keyframe -> detect (detect.BatchedDetector: all grid prompts in one decoder
-       call, device NMS, no RLE; or the dataset's instance masks)
-    -> encode + propagate (propagate.BatchedTracker: each frame encoded once, in batches; all
-       masklets in one forward per frame)
-    -> aggregate (kernels: bilinear upsampling of the low-resolution logits fused with the paint
-       winner and each masklet's votes; no N x H x W tensor is ever built)
-    -> vote (kernels: decide per masklet over the window, or per frame; paint)
+`Refiner.refine_window` is the engine loop (decode and PNG writes overlap it in video.py):
+    preprocess (the tracker's model input: `exact` resizes with Pillow on the decode thread and
+       normalises on the device; the other presets resize + normalise fused on the device)
+    -> encode the keyframe, when detection can share it
+    -> detect (the masklet source: the dataset's instance masks, SAM2's official generator, the
+       batched detector (all grid prompts in one decoder call, device NMS, no RLE), superpixels)
+    -> propagate (the tracker: the official per-object SAM2VideoPredictor, or BatchedTracker with
+       each frame encoded once, in batches, and all masklets in one forward per frame)
+    -> aggregate + vote (vote.Votes with vote ops: the plain torch ops, or the kernels: bilinear
+       upsampling of the low-resolution logits fused with the paint winner and each masklet's
+       votes, no N x H x W tensor ever built)
     -> the painted uint8 labels copied back once per window (pinned, non-blocking, an event the
        PNG writers wait on).
-The decision a reader must know: everything from the labels' upload to the painted labels stays
-on the model's device. The frames after the keyframe make no host sync (the emulated CUDA device
-counts it: tests/test_gpu_path.py); the per-window syncs are detection's filters and NMS.
+Two named constructors pick the parts: `Refiner.reference` = official generator + official
+predictor + plain ops on the host (the oracle and the baseline); `Refiner.fast` = batched
+detector + batched tracker + kernels on the model's device. Superpixels have no tracker: both
+vote per frame over the partition with the plain ops.
 
-The `exact` preset (config.PRESETS) preprocesses as SAM2's loaders do and detects on the image
-predictor's own input, so labels agree with the reference on >= 99.9% of pixels (measured 100%
-in tests/test_engine.py in fp32; the only differences come from upsampling rounding at logits
-within ~1e-5 of 0). The other presets share the keyframe's tracking features with detection and
-trade exactness for speed, on CUDA with a bf16 model; `sam2vss bench` measures their agreement.
-Superpixel masklets have no model stage: they run the reference code.
+The decision a reader must know: in the fast pipeline everything from the labels' upload to the
+painted labels stays on the model's device. The frames after the keyframe make no host sync (the
+emulated CUDA device counts it: tests/test_gpu_path.py); the per-window syncs are detection's
+filters and NMS. The `exact` preset (config.PRESETS) preprocesses as SAM2's loaders do and
+detects on the image predictor's own input, so labels agree with the reference on >= 99.9% of
+pixels (100% in tests/test_golden.py and tests/test_engine.py in fp32; the only differences come
+from upsampling rounding at logits within ~1e-5 of 0). The other presets share the keyframe's
+tracking features with detection and trade exactness for speed, on CUDA with a bf16 model;
+`sam2vss bench` measures their agreement.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from sam2vss import model as sam2_model
@@ -38,6 +42,7 @@ from sam2vss.backends import apply_backend, fit_rope_tables
 from sam2vss.config import PRESETS, EngineConfig, RefineConfig
 from sam2vss.detect import BatchedDetector
 from sam2vss.kernels import kernel_ops
+from sam2vss.masklets import InstanceMasks, Superpixels, keep_largest, upload
 from sam2vss.model import ModelConfig
 from sam2vss.propagate import (
     BatchedTracker,
@@ -47,77 +52,39 @@ from sam2vss.propagate import (
     to_bf16,
     to_model_input,
 )
-from sam2vss.reference import ReferenceRefiner, Refined, Window
+from sam2vss.reference import OfficialAMG, OfficialTracker, Refined, Window, WindowStats
 from sam2vss.sources import to_rgb
 from sam2vss.stages import Stages
-from sam2vss.vote import paint_order
+from sam2vss.vote import ReferenceOps, Votes, id_histogram, paint_rank
 
 
-class FastRefiner(ReferenceRefiner):
-    """Same interface and configuration as ReferenceRefiner; `refine_window` is the fast path.
-    `engine` overrides the preset's EngineConfig (benchmarks and tests)."""
+class FastTracker:
+    """BatchedTracker with the fast pipeline's model input and precision (EngineConfig): yields
+    (N, h, w) low-resolution logits per frame on the model's device."""
 
-    def __init__(
-        self,
-        cfg: RefineConfig,
-        model_cfg: ModelConfig | None = None,
-        synced_stages: bool = False,
-        engine: EngineConfig | None = None,
-    ):
-        super().__init__(cfg, model_cfg)
-        self.engine = engine or PRESETS[cfg.preset]
-        self.ops = kernel_ops(self.device)  # labels, votes and painted maps live on the model's device
-        self.stages = Stages(self.device, synced=synced_stages)
-        if self.predictor is None:
-            return
-        self.bf16 = self.engine.use_bf16(self.device)
-        self.model_dtype = "bfloat16" if self.bf16 else "float32"
-        size = self.engine.track_size(self.predictor.image_size)
-        if self.bf16:  # detection and tracking share the bf16 weights
-            to_bf16(self.predictor)
-        track_model = self.predictor
-        if size != self.predictor.image_size:  # same weights, smaller input: a second, cheaper tracker
-            track_model = sam2_model.build(replace(model_cfg or ModelConfig(), image_size=size))
-            if self.bf16:
-                to_bf16(track_model)
-        fit_rope_tables(track_model)
-        apply_backend(track_model, cfg.backend, model_cfg, self.engine.encode_batch)
-        self.tracker = BatchedTracker(
-            track_model,
-            self.engine.encode_batch,
-            self.engine.memory_frames,
-            default_chunk_tokens(self.device, size),
-        )
-        self.detector = None
-        if cfg.masks == "sam2":
-            self.detector = BatchedDetector(self.predictor, cfg, self.ops, self.engine.low_res_stability)
-        # The keyframe's tracking features serve detection too when both run the same model on
-        # the same input; `exact` keeps the image predictor's own preprocessing for detection.
-        self.share_keyframe = self.engine.preprocess == "device" and track_model is self.predictor
+    def __init__(self, batched: BatchedTracker, engine: EngineConfig, device: torch.device, bf16: bool):
+        self.batched, self.engine, self.device, self.bf16 = batched, engine, device, bf16
+        self.model = batched.model
+        self.stages: Stages | None = None
         # `exact` decodes on the host (Pillow resizes there, on the decode thread); the device
         # presets decode straight to the device (NVDEC / nvJPEG) and resize there
-        self.frames_device = self.device if self.engine.preprocess == "device" else torch.device("cpu")
+        self.frames_device = device if engine.preprocess == "device" else torch.device("cpu")
 
-    # ------------------------------------------------------------------ model input
     def prepare(self, frames: torch.Tensor) -> torch.Tensor | None:
         """On the decode thread, one window ahead: `exact`'s Pillow resize of the (T, 3, H, W)
         uint8 host frames to (T, 3, S, S) uint8, uploaded to the device (pinned, non-blocking).
         None for the device presets (they resize on the device)."""
-        if self.predictor is None or self.engine.preprocess != "sam2":
+        if self.engine.preprocess != "sam2":
             return None
-        images = resize_frames(frames, self.tracker.model.image_size)
-        if self.device.type == "cuda":
-            return images.pin_memory().to(self.device, non_blocking=True)
-        return images
+        return upload(resize_frames(frames, self.model.image_size), self.device)
 
     def preprocess(self, window: Window) -> torch.Tensor:
         """The tracker's (T, 3, S, S) input on the device, Pillow-exact or fused on the device."""
-        size = self.tracker.model.image_size
         dtype = torch.bfloat16 if self.bf16 else torch.float32
         if self.engine.preprocess == "sam2":
             images = window.images if window.images is not None else self.prepare(window.frames)
             return normalize_images(images.to(self.device)).to(dtype)
-        return to_model_input(window.frames.to(self.device), size, dtype)
+        return to_model_input(window.frames.to(self.device), self.model.image_size, dtype)
 
     def precision(self) -> contextlib.AbstractContextManager:
         """bf16 autocast (on CUDA, SAM2's own recipe; with a bf16 model it no longer casts the
@@ -126,77 +93,173 @@ class FastRefiner(ReferenceRefiner):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return sam2_model.autocast(self.device)
 
-    # ------------------------------------------------------------------ masklets
-    def detect(self, window: Window, keyframe: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keyframe's masklets (N, H, W) bool and areas (N,) int64, on the device, capped to
-        the preset's largest N. `keyframe`: the tracker's backbone output of frame 0, reused
-        when shareable."""
-        if self.detector is None:
-            found, areas = self._keyframe_masks(window)  # host instance masks
-            masks = torch.from_numpy(np.stack(found)) if found else torch.zeros((0, *window.labels.shape[1:]))
-            masks, areas = self._cap(masks.bool(), areas)
-            return self._upload(masks), self._upload(areas)
-        if keyframe is None and self.engine.preprocess == "sam2":  # the image predictor's own
-            image = self.generator.predictor._transforms(to_rgb(window.frames[:1])[0])[None]  # (host)
-            keyframe = self.predictor.forward_image(self._upload(image))
-        elif keyframe is None:  # a smaller tracker: detection encodes the keyframe at full size
+    def encode_keyframe(self, images: torch.Tensor) -> dict:
+        return self.batched.encode_frame(images[0])
+
+    def track(
+        self, window: Window, masks: torch.Tensor, images: torch.Tensor, keyframe: dict | None = None
+    ) -> Iterator[torch.Tensor]:
+        for logits in self.batched.track(images, masks, self.stages, keyframe):
+            yield logits[:, 0]
+
+
+class DetectedMasks:
+    """The keyframe's masklets from the batched detector (detect.BatchedDetector) on the device,
+    the preset's largest N. Detection encodes the keyframe itself unless it can share the
+    tracker's encoding (`shares_keyframe`: same model, same input): `exact` detects on the image
+    predictor's own input (model.image_transform), a smaller tracker's input is not full size."""
+
+    def __init__(
+        self, model, detector: BatchedDetector, engine: EngineConfig, device, bf16: bool, shares: bool
+    ):
+        self.model, self.detector, self.engine, self.device, self.bf16 = model, detector, engine, device, bf16
+        self.shares_keyframe = shares
+        self.transform = sam2_model.image_transform(model) if engine.preprocess == "sam2" else None
+
+    def keyframe(self, window: Window, features: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if features is None and self.transform is not None:  # the image predictor's own input
+            image = self.transform(to_rgb(window.frames[:1])[0])[None]  # (host)
+            features = self.model.forward_image(upload(image, self.device))
+        elif features is None:  # a smaller tracker: detection encodes the keyframe at full size
             dtype = torch.bfloat16 if self.bf16 else torch.float32
-            image = to_model_input(window.frames[:1].to(self.device), self.predictor.image_size, dtype)
-            keyframe = self.predictor.forward_image(image)
-        found = self.detector.detect(keyframe, tuple(window.frames.shape[-2:]))
+            image = to_model_input(window.frames[:1].to(self.device), self.model.image_size, dtype)
+            features = self.model.forward_image(image)
+        found = self.detector.detect(features, tuple(window.frames.shape[-2:]))
         nonempty = found.areas > 0  # a boolean filter: one sync, per window
-        return self._cap(found.masks[nonempty], found.areas[nonempty])
+        return keep_largest(found.masks[nonempty], found.areas[nonempty], self.engine.max_masklets)
 
-    def _cap(self, masks: torch.Tensor, areas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cap = self.engine.max_masklets
-        if cap is not None and masks.shape[0] > cap:
-            keep = torch.argsort(areas, descending=True, stable=True)[:cap].sort().values
-            masks, areas = masks[keep], areas[keep]
-        return masks, areas
 
-    def _upload(self, t: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return t
-        return t.pin_memory().to(self.device, non_blocking=True)
+class Refiner:
+    """Refines one window at a time; build it once (it builds SAM2 once) with `Refiner.build`,
+    `Refiner.reference` or `Refiner.fast`. Parts: `source` (keyframe masklets), `tracker`
+    (per-frame logits; None for superpixels), `ops` (aggregate / decide / paint on `device`)."""
+
+    def __init__(self, cfg: RefineConfig, source, tracker, ops, device: torch.device, stages: Stages,
+                 model_dtype: str = "float32", model_device: torch.device | None = None):  # fmt: skip
+        self.cfg, self.source, self.tracker, self.ops = cfg, source, tracker, ops
+        self.device = device  # where labels are uploaded to and voted on
+        self.model_device = model_device or device  # where SAM2 runs
+        self.frames_device = tracker.frames_device if tracker is not None else torch.device("cpu")
+        self.stages, self.model_dtype = stages, model_dtype
+        if tracker is not None:
+            tracker.stages = stages
+        self._last: Refined | None = None
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def build(
+        cls, cfg: RefineConfig, model_cfg: ModelConfig | None = None, pipeline: str = "fast"
+    ) -> Refiner:
+        """The refiner of `pipeline` (reference or fast)."""
+        if pipeline == "reference":
+            return cls.reference(cfg, model_cfg)
+        if pipeline == "fast":
+            return cls.fast(cfg, model_cfg)
+        raise ValueError(f"unknown pipeline {pipeline!r}; expected reference or fast")
+
+    @classmethod
+    def reference(cls, cfg: RefineConfig, model_cfg: ModelConfig | None = None) -> Refiner:
+        """The paper's refiner with the official SAM2 classes: the official generator (or the
+        instance masks), SAM2VideoPredictor per object, the plain torch vote ops on the host."""
+        host = torch.device("cpu")
+        if cfg.masks == "superpixel":
+            return cls(cfg, Superpixels(cfg), None, ReferenceOps(), host, Stages())
+        model_cfg = model_cfg or ModelConfig()
+        device = sam2_model.use_device(model_cfg.device)
+        predictor = sam2_model.build(model_cfg, video=True)
+        source = OfficialAMG(predictor, cfg, device) if cfg.masks == "sam2" else InstanceMasks(host)
+        tracker = OfficialTracker(predictor, device)
+        return cls(cfg, source, tracker, ReferenceOps(), host, Stages(), model_device=device)
+
+    @classmethod
+    def fast(
+        cls,
+        cfg: RefineConfig,
+        model_cfg: ModelConfig | None = None,
+        synced_stages: bool = False,
+        engine: EngineConfig | None = None,
+    ) -> Refiner:
+        """The fast pipeline: the batched detector (or the instance masks), BatchedTracker and the
+        kernels, all on the model's device. `engine` overrides the preset's EngineConfig;
+        `synced_stages` times stages with device syncs (benchmarks)."""
+        engine = engine or PRESETS[cfg.preset]
+        if cfg.masks == "superpixel":  # no model stage: the reference's parts
+            return cls.reference(cfg, model_cfg)
+        model_cfg = model_cfg or ModelConfig()
+        device = sam2_model.use_device(model_cfg.device)
+        ops = kernel_ops(device)  # labels, votes and painted maps live on the model's device
+        predictor = sam2_model.build(model_cfg, video=True)
+        bf16 = engine.use_bf16(device)
+        size = engine.track_size(predictor.image_size)
+        if bf16:  # detection and tracking share the bf16 weights
+            to_bf16(predictor)
+        track_model = predictor
+        if size != predictor.image_size:  # same weights, smaller input: a second, cheaper tracker
+            track_model = sam2_model.build(replace(model_cfg, image_size=size))
+            if bf16:
+                to_bf16(track_model)
+        fit_rope_tables(track_model)
+        apply_backend(track_model, cfg.backend, model_cfg, engine.encode_batch)
+        batched = BatchedTracker(
+            track_model, engine.encode_batch, engine.memory_frames, default_chunk_tokens(device, size)
+        )
+        tracker = FastTracker(batched, engine, device, bf16)
+        if cfg.masks == "sam2":
+            detector = BatchedDetector(predictor, cfg, ops, engine.low_res_stability)
+            # The keyframe's tracking features serve detection too when both run the same model
+            # on the same input; `exact` keeps the image predictor's own preprocessing for detection.
+            shares = engine.preprocess == "device" and track_model is predictor
+            source = DetectedMasks(predictor, detector, engine, device, bf16, shares)
+        else:
+            source = InstanceMasks(device, engine.max_masklets)
+        stages = Stages(device, synced=synced_stages)
+        return cls(cfg, source, tracker, ops, device, stages, "bfloat16" if bf16 else "float32")
+
+    @property
+    def last_window(self) -> WindowStats | None:
+        """What the last refine_window call found (waits for its device copy, if any)."""
+        return None if self._last is None else self._last.stats
+
+    def prepare(self, frames: torch.Tensor) -> torch.Tensor | None:
+        """The tracker's model-size images of a window's frames, on the decode thread (or None)."""
+        return self.tracker.prepare(frames) if self.tracker is not None else None
 
     # ------------------------------------------------------------------ the loop
     def refine_window(self, window: Window) -> Refined:
-        cfg, c, st, ops = self.cfg, self.cfg.num_classes, self.stages, self.ops
-        if cfg.masks == "superpixel":
-            return super().refine_window(window)
+        cfg, st, tracker = self.cfg, self.stages, self.tracker
         labels = window.labels.to(self.device)  # uploaded by the decode thread: a no-op here
+        if tracker is None:
+            return self._superpixel_window(window, labels)
         with st.time("preprocess"):
-            images = self.preprocess(window)
-        by_logit = cfg.paint_order == "logit"
-        with torch.inference_mode(), self.precision():
+            images = tracker.preprocess(window)
+        with torch.inference_mode(), tracker.precision():
             keyframe = None
-            if self.detector is not None and self.share_keyframe:
+            if self.source.shares_keyframe:
                 with st.time("encode"):
-                    keyframe = self.tracker.encode_frame(images[0])
+                    keyframe = tracker.encode_keyframe(images)
             with st.time("detect"):
-                masks0, areas = self.detect(window, keyframe)
-            n = masks0.shape[0]
-            if n == 0:
+                masks, areas = self.source.keyframe(window, keyframe)
+            if masks.shape[0] == 0:
                 return self._finish(labels, 0, torch.zeros((), dtype=torch.int64, device=self.device))
-            rank = torch.empty(n, dtype=torch.int32, device=self.device)  # paint position: later wins
-            rank[paint_order(areas, cfg.paint_order)] = torch.arange(n, dtype=torch.int32, device=self.device)
-            ids, out = [], []
-            hists = torch.zeros((n, c), dtype=torch.int64, device=self.device)
-            covered = torch.zeros((), dtype=torch.int64, device=self.device)
-            for logits, s in zip(self.tracker.track(images, masks0, st, keyframe), labels, strict=True):
+            rank = paint_rank(areas.to(self.device), cfg.paint_order)
+            votes = Votes(self.ops, rank, cfg.num_classes, cfg.vote_scope, cfg.paint_order == "logit")
+            for logits, s in zip(tracker.track(window, masks, images, keyframe), labels, strict=True):
                 with st.time("aggregate+vote"):
-                    frame_ids, hist = ops.aggregate(logits[:, 0], rank, s, c, by_logit)
-                    covered += (frame_ids >= 0).sum()
-                    if cfg.vote_scope == "frame":
-                        out.append(ops.paint(frame_ids, ops.decide(hist), s))
-                    else:
-                        ids.append(frame_ids)
-                        hists += hist
+                    votes.add(logits, s)
             with st.time("aggregate+vote"):
-                if cfg.vote_scope == "masklet":
-                    classes = ops.decide(hists)
-                    out = [ops.paint(i, classes, s) for i, s in zip(ids, labels, strict=True)]
-                return self._finish(torch.stack(out), n, covered)
+                return self._finish(votes.painted(), masks.shape[0], votes.covered)
+
+    def _superpixel_window(self, window: Window, labels: torch.Tensor) -> Refined:
+        """Superpixels: each frame's partition voted and painted on its own (vote scope frame)."""
+        c = self.cfg.num_classes
+        votes = Votes(self.ops, torch.zeros(0, dtype=torch.int32), c, "frame")
+        segments = 0
+        for frame, s in zip(to_rgb(window.frames), labels, strict=True):
+            seg = self.source.frame(frame, tuple(s.shape))
+            n = int(seg.max()) + 1
+            segments += n
+            votes.add_ids(seg, id_histogram(seg, s, n, c), s)
+        return self._finish(votes.painted(), round(segments / len(labels)), votes.covered)
 
     def _finish(self, painted: torch.Tensor, masklets: int, covered: torch.Tensor) -> Refined:
         """The painted (T, h, w) uint8 labels and the covered-pixel count, on the host. From a
@@ -212,11 +275,3 @@ class FastRefiner(ReferenceRefiner):
         ready.record()
         self._last = Refined(host, masklets, count, ready)
         return self._last
-
-
-def make_refiner(cfg: RefineConfig, model_cfg: ModelConfig | None, pipeline: str) -> ReferenceRefiner:
-    if pipeline == "reference":
-        return ReferenceRefiner(cfg, model_cfg)
-    if pipeline == "fast":
-        return FastRefiner(cfg, model_cfg)
-    raise ValueError(f"unknown pipeline {pipeline!r}; expected reference or fast")

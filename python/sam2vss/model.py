@@ -179,3 +179,11 @@ def mask_generator(model: torch.nn.Module, **kwargs):
     amg = SAM2AutomaticMaskGenerator(model, **kwargs)
     fix_feature_sizes(amg.predictor, model.image_size)
     return amg
+
+
+def image_transform(model: torch.nn.Module):
+    """SAM2ImagePredictor's own input transform for `model` (resize to its image size, /255,
+    mean/std): the `exact` preset detects on exactly the official generator's input."""
+    from sam2.utils.transforms import SAM2Transforms
+
+    return SAM2Transforms(resolution=model.image_size, mask_threshold=0.0)

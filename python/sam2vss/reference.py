@@ -1,12 +1,12 @@
-"""The paper's refiner written with the official SAM2 classes: the oracle and the baseline.
+"""The reference refiner's parts, written with the official SAM2 classes, and the window types.
 
-Per non-overlapping window of W frames (METRICS.md 8.5): SAM2AutomaticMaskGenerator on the
-window's first frame (or the dataset's instance masks with `masks="instances"`), then
-SAM2VideoPredictor: `init_state` on a per-window frame folder, `add_new_mask` per mask and
-`propagate_in_video` over the window; masklets are `logits > 0` at the label resolution. Then
-aggregate, vote and paint (vote.py). Superpixel masklets (scikit-image, per frame, vote scope
-frame) need no model. It is deliberately the straightforward way: the fast engine is held to
-its labels and measured against its speed.
+The reference pipeline (engine.Refiner.reference) is, per non-overlapping window of W frames
+(METRICS.md 8.5): SAM2AutomaticMaskGenerator on the window's first frame (`OfficialAMG`; or the
+dataset's instance masks, masklets.py), then SAM2VideoPredictor (`OfficialTracker`): `init_state`
+on a per-window frame folder, `add_new_mask` per mask and `propagate_in_video` over the window;
+masklets are `logits > 0` at the label resolution; then aggregate, vote and paint with the plain
+torch ops (vote.ReferenceOps). It is deliberately the straightforward way: the fast pipeline is
+held to its labels and measured against its speed.
 
 Labels at another resolution than the frames (one rule for both pipelines): a masklet is SAM2's
 low-resolution mask logits resized once, bilinearly (align_corners=False), to the labels'
@@ -17,6 +17,7 @@ instead of resizing its output a second time; with labels at the frames' size no
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -30,10 +31,7 @@ from PIL import Image
 
 from sam2vss import model as sam2_model
 from sam2vss.config import RefineConfig
-from sam2vss.model import ModelConfig
 from sam2vss.sources import to_rgb
-from sam2vss.stages import Stages
-from sam2vss.vote import aggregate, aggregate_logits, decide, id_histogram, paint, paint_order, vote_histogram
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ class Window:
     paths: list[Path] | None  # the frames' image files, when they come from a folder
     instances: np.ndarray | None  # (h, w) instance ids of the first frame (masks="instances")
     images: torch.Tensor | None = None  # (T, 3, S, S) uint8 model-size frames on the refiner's
-    #                                      device, resized on the decode thread (FastRefiner.prepare)
+    #                                      device, resized on the decode thread (the tracker's prepare)
 
 
 @dataclass(frozen=True)
@@ -89,79 +87,60 @@ class Refined:
         return WindowStats(len(self), self.masklets, int(self.covered) / max(self.labels.numel(), 1))
 
 
-def superpixels(image: np.ndarray, cfg: RefineConfig) -> np.ndarray:
-    """(H, W) int32 segment ids 0..n-1 of one frame."""
-    from skimage.segmentation import felzenszwalb, slic
+class OfficialAMG:
+    """The keyframe's masklets from SAM2's official SAM2AutomaticMaskGenerator (the paper's
+    settings from RefineConfig), as host tensors; masks of area 0 dropped."""
 
-    if cfg.superpixel_method == "slic":
-        n_segments = max(1, image.shape[0] * image.shape[1] // cfg.superpixel_size)
-        seg = slic(image, n_segments=n_segments, compactness=cfg.superpixel_compactness,
-                   start_label=0, enforce_connectivity=True)  # fmt: skip
-    else:
-        seg = felzenszwalb(
-            image, scale=cfg.felzenszwalb_scale, sigma=0.8, min_size=int(cfg.felzenszwalb_scale / 4)
+    shares_keyframe = False
+
+    def __init__(self, predictor, cfg: RefineConfig, device: torch.device):
+        self.device = device
+        self.generator = sam2_model.mask_generator(
+            predictor,
+            points_per_side=cfg.grid,
+            pred_iou_thresh=cfg.pred_iou_thresh,
+            stability_score_thresh=cfg.stability_thresh,
+            stability_score_offset=cfg.stability_offset,
+            box_nms_thresh=cfg.box_nms_thresh,
         )
-    return seg.astype(np.int32)
 
-
-def _resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if image.shape[:2] == hw:
-        return image
-    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
-
-
-class ReferenceRefiner:
-    """Refines one video at a time; construct once (it builds the model once)."""
-
-    def __init__(self, cfg: RefineConfig, model_cfg: ModelConfig | None = None):
-        self.cfg = cfg
-        self.predictor = None
-        self.generator = None
-        self.stages = Stages()
-        self.device = torch.device("cpu")  # where the model runs and the labels are uploaded to
-        self.frames_device = torch.device(
-            "cpu"
-        )  # where windows are decoded to: the official classes take host frames
-        self.model_dtype = "float32"
-        self._last: Refined | None = None
-        if cfg.masks != "superpixel":
-            model_cfg = model_cfg or ModelConfig()
-            self.device = sam2_model.use_device(model_cfg.device)
-            self.predictor = sam2_model.build(model_cfg, video=True)
-            if cfg.masks == "sam2":
-                self.generator = sam2_model.mask_generator(
-                    self.predictor,
-                    points_per_side=cfg.grid,
-                    pred_iou_thresh=cfg.pred_iou_thresh,
-                    stability_score_thresh=cfg.stability_thresh,
-                    stability_score_offset=cfg.stability_offset,
-                    box_nms_thresh=cfg.box_nms_thresh,
-                )
-
-    @property
-    def last_window(self) -> WindowStats | None:
-        """What the last refine_window call found (waits for its device copy, if any)."""
-        return None if self._last is None else self._last.stats
-
-    # ------------------------------------------------------------------ masklets
-    def _keyframe_masks(self, window: Window) -> tuple[list[np.ndarray], torch.Tensor]:
-        """Masks to prompt on the window's first frame, and their areas (for the paint order)."""
-        if self.cfg.masks == "instances":
-            ids = window.instances
-            if ids is None:
-                raise ValueError("masks='instances' needs instance masks (DATA/data/<video>/instance/*.png)")
-            masks = [ids == k for k in np.unique(ids) if k != 0]
-        else:
-            with torch.inference_mode(), sam2_model.autocast(self.device):
-                records = self.generator.generate(to_rgb(window.frames[:1])[0])
-            masks = [r["segmentation"] for r in records if r["area"] > 0]
-        areas = torch.tensor([int(m.sum()) for m in masks], dtype=torch.int64)
+    def keyframe(self, window: Window, features: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode(), sam2_model.autocast(self.device):
+            records = self.generator.generate(to_rgb(window.frames[:1])[0])
+        found = [torch.from_numpy(r["segmentation"]) for r in records if r["area"] > 0]
+        areas = torch.tensor([int(m.sum()) for m in found], dtype=torch.int64)
+        masks = torch.stack(found) if found else torch.zeros((0, *window.frames.shape[-2:]), dtype=torch.bool)
         return masks, areas
 
-    def _propagate(
-        self, window: Window, masks: list[np.ndarray], with_features: bool = False
+
+class OfficialTracker:
+    """SAM2's official per-object SAM2VideoPredictor over a window: `init_state` on a per-window
+    frame folder, `add_new_mask` per masklet, `propagate_in_video`. Yields (N, h, w) float32
+    logits per frame at the labels' resolution, on the host."""
+
+    frames_device = torch.device("cpu")  # the official classes read host frames (a JPEG folder)
+
+    def __init__(self, predictor, device: torch.device):
+        self.predictor, self.device = predictor, device
+
+    def prepare(self, frames: torch.Tensor) -> None:
+        return None
+
+    def preprocess(self, window: Window) -> None:
+        return None
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # track() enters SAM2's own autocast
+
+    def track(
+        self,
+        window: Window,
+        masks: torch.Tensor,
+        images: None = None,
+        keyframe: None = None,
+        with_features: bool = False,
     ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
-        """(N, h, w) float logits per frame at the label resolution, via the official predictor.
+        """(N, h, w) float logits per frame at the label resolution.
 
         With `with_features`, also the frame's stride-16 encoder features as the predictor
         computed them for tracking ((C, h16, w16), plus no_mem_embed like the image predictor's
@@ -204,40 +183,3 @@ class ReferenceRefiner:
             out = per_obj["cond_frame_outputs"].get(t) or per_obj["non_cond_frame_outputs"][t]
             outs.append(out["pred_masks"].float())
         return torch.cat(outs).to(state["device"])
-
-    # ------------------------------------------------------------------ refine
-    def refine_window(self, window: Window) -> Refined:
-        cfg, c = self.cfg, self.cfg.num_classes
-        labels = list(window.labels.cpu())
-        if cfg.masks == "superpixel":
-            out, segments = [], 0
-            for frame, s in zip(to_rgb(window.frames), labels, strict=True):
-                seg = torch.from_numpy(superpixels(_resize_image(frame, tuple(s.shape)), cfg))
-                n = int(seg.max()) + 1
-                segments += n
-                out.append(paint(seg, decide(id_histogram(seg, s, n, c)), s))
-            self._last = Refined(torch.stack(out), round(segments / len(out)), sum(s.numel() for s in labels))
-            return self._last
-
-        masks0, areas = self._keyframe_masks(window)
-        if not masks0:
-            self._last = Refined(torch.stack(labels), 0, 0)
-            return self._last
-        order = paint_order(areas, cfg.paint_order)
-        ids, hists = [], torch.zeros((len(masks0), c), dtype=torch.int64)
-        out: list[torch.Tensor] = []
-        covered = 0
-        for logits, s in zip(self._propagate(window, masks0), labels, strict=True):
-            masks = logits > 0
-            ids.append(aggregate_logits(logits) if cfg.paint_order == "logit" else aggregate(masks, order))
-            covered += int((ids[-1] >= 0).sum())
-            hist = vote_histogram(masks, s, c)
-            if cfg.vote_scope == "frame":
-                out.append(paint(ids[-1], decide(hist), s))
-            else:
-                hists += hist
-        if cfg.vote_scope == "masklet":
-            classes = decide(hists)
-            out = [paint(i, classes, s) for i, s in zip(ids, labels, strict=True)]
-        self._last = Refined(torch.stack(out), len(masks0), covered)
-        return self._last

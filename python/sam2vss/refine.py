@@ -41,11 +41,11 @@ from sam2vss.data import (
     match_frames,
     read_label_png,
 )
-from sam2vss.engine import make_refiner
+from sam2vss.engine import Refiner
 from sam2vss.labels import NUM_CLASSES
 from sam2vss.model import ModelConfig, model_identity
 from sam2vss.outdir import Input, Manifest
-from sam2vss.reference import ReferenceRefiner, Refined, Window
+from sam2vss.reference import Refined, Window
 from sam2vss.report import (
     RefineReport,
     format_header,
@@ -225,7 +225,7 @@ def _windows(
 
 
 def refiner_windows(
-    refiner: ReferenceRefiner, job: VideoJob, window: int | None = None, num_classes: int | None = None
+    refiner: Refiner, job: VideoJob, window: int | None = None, num_classes: int | None = None
 ):
     """`_windows` as `refiner` consumes them: decoded where it wants frames, labels on its device,
     its model-size images prepared."""
@@ -234,13 +234,13 @@ def refiner_windows(
         window or refiner.cfg.window,
         refiner.frames_device,
         refiner.device,
-        getattr(refiner, "prepare", None),
+        refiner.prepare,
         num_classes or refiner.cfg.num_classes,
     )
 
 
 def refine_video(
-    refiner: ReferenceRefiner,
+    refiner: Refiner,
     job: VideoJob,
     out: Path,
     num_classes: int,
@@ -335,7 +335,7 @@ def _failed(error: str, trace: str, attempts: int) -> dict:
 
 
 def process_video(
-    refiner: ReferenceRefiner, job: VideoJob, out: Path, retries: int, bar: tqdm | None = None
+    refiner: Refiner, job: VideoJob, out: Path, retries: int, bar: tqdm | None = None
 ) -> dict:
     """Refine one video into OUT/.partial/<video>, then move it to OUT/<video>; the manifest entry
     (never raises, except KeyboardInterrupt after dropping the partial video). A DataError (bad
@@ -476,9 +476,9 @@ def refine_jobs(
     lock = outdir.OutputLock(out)
     lock.acquire()
     try:
-        refiner = make_refiner(cfg, model_cfg, pipeline) if runner == "local" else None
+        refiner = Refiner.build(cfg, model_cfg, pipeline) if runner == "local" else None
         ckpt = outdir.file_record(ckpt_path) if ckpt_path is not None else None
-        dtype = getattr(refiner, "model_dtype", None) or _ray_model_dtype(cfg, model_cfg, pipeline)
+        dtype = refiner.model_dtype if refiner is not None else _ray_model_dtype(cfg, model_cfg, pipeline)
         settings = refine_settings(cfg, model_cfg, pipeline, dtype)
         first = (jobs[0].video, jobs[0].decoder) if jobs else None
         header = run_header(refiner, cfg, model_cfg, pipeline, runner, first, ckpt and ckpt[2])
@@ -534,7 +534,7 @@ def _record(job: VideoJob, masks: str, checkpoint: Path | None) -> dict[str, lis
 
 
 def _run_local(
-    refiner: ReferenceRefiner,
+    refiner: Refiner,
     todo: list[VideoJob],
     out: Path,
     retries: int,

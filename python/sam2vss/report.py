@@ -39,7 +39,7 @@ def run_header(
     --decoder)), model, checkpoint digest and library versions. The refiner's internals are read
     defensively: a superpixel refiner has no device, the reference has no kernel ops."""
     uses_model = cfg.masks != "superpixel" and model_cfg is not None
-    device = getattr(refiner, "device", None)
+    device = getattr(refiner, "model_device", None)
     if device is None:
         device = resolve_device(model_cfg.device) if uses_model else "cpu (superpixels: no model)"
     fast = pipeline == "fast" and uses_model  # superpixels run the reference code in both pipelines

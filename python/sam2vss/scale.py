@@ -41,10 +41,10 @@ class RefineActor:
         retries: int,
         pipeline: str,
     ):
-        from sam2vss.engine import make_refiner
+        from sam2vss.engine import Refiner
 
         self.jobs, self.out, self.retries = jobs, Path(out), retries
-        self.refiner = make_refiner(cfg, model_cfg, pipeline)
+        self.refiner = Refiner.build(cfg, model_cfg, pipeline)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from sam2vss.refine import process_video

@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from sam2vss.config import RefineConfig
 from sam2vss.data import Dataset, list_frames, read_label_png
+from sam2vss.engine import Refiner
 from sam2vss.labels import IGNORE
 from sam2vss.model import ModelConfig
-from sam2vss.reference import ReferenceRefiner, Window
+from sam2vss.reference import Window
 from sam2vss.sinks import atomic_write, write_label_png
 from sam2vss.sources import open_source, to_rgb
 from sam2vss.vote import aggregate, paint_order
@@ -146,7 +147,7 @@ class MLP(nn.Module):
 
 # ---------------------------------------------------------------------------- masklets per frame
 def _masklet_frames(
-    cfg: SegmentorConfig, refiner: ReferenceRefiner | None, dataset: Dataset, video: str
+    cfg: SegmentorConfig, refiner: Refiner | None, dataset: Dataset, video: str
 ) -> Iterator[tuple[str, np.ndarray, torch.Tensor, torch.Tensor | None]]:
     """(frame name, RGB frame, (N, H, W) bool masklets, shared SAM2 features or None) per frame.
 
@@ -168,12 +169,12 @@ def _window_masklets(cfg, refiner, source, inst_paths: list[Path], start: int, f
         share = cfg.features == "sam2"
         blank = torch.zeros((len(imgs), *imgs[0].shape[:2]), dtype=torch.uint8)
         window = Window(frames, blank, source.paths[start : start + len(imgs)], None)
-        masks0, _ = refiner._keyframe_masks(window)
-        if not masks0:
+        masks0, _ = refiner.source.keyframe(window)
+        if masks0.shape[0] == 0:
             for name, img in zip(names, imgs, strict=True):
                 yield name, img, torch.zeros((0, *img.shape[:2]), dtype=torch.bool), None
             return
-        outputs = refiner._propagate(window, masks0, with_features=share)
+        outputs = refiner.tracker.track(window, masks0, with_features=share)
         for name, img, o in zip(names, imgs, outputs, strict=True):
             logits, feats = o if share else (o, None)
             yield name, img, logits > 0, feats
@@ -184,7 +185,7 @@ def _window_masklets(cfg, refiner, source, inst_paths: list[Path], start: int, f
         present = [k for k in ids.unique().tolist() if k != 0]
         masks = ids[None] == torch.tensor(present, dtype=torch.int64)[:, None, None]
     else:
-        from sam2vss.reference import superpixels
+        from sam2vss.masklets import superpixels
 
         seg_cfg = RefineConfig(masks="superpixel", vote_scope="frame")
         seg = torch.from_numpy(superpixels(img, seg_cfg).astype(np.int64))
@@ -192,7 +193,7 @@ def _window_masklets(cfg, refiner, source, inst_paths: list[Path], start: int, f
     yield name, img, masks, None
 
 
-def _refiner(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> ReferenceRefiner | None:
+def _refiner(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> Refiner | None:
     if cfg.masklets != "sam2":
         return None
     if model_cfg is None:
@@ -203,7 +204,7 @@ def _refiner(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> ReferenceRe
         pred_iou_thresh=cfg.pred_iou_thresh,
         stability_thresh=cfg.stability_thresh,
     )
-    return ReferenceRefiner(refine_cfg, model_cfg)
+    return Refiner.reference(refine_cfg, model_cfg)
 
 
 def _encoder(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> nn.Module | None:

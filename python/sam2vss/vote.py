@@ -16,6 +16,7 @@ compute the same without a host sync (a max over ranks, a scatter-add), as the k
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 _LERPS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
@@ -123,3 +124,75 @@ def paint(ids: torch.Tensor, classes: torch.Tensor, labels: torch.Tensor) -> tor
         return labels.clone()
     won = ids >= 0
     return torch.where(won, classes.to(labels.device)[ids.clamp(min=0).long()], labels)
+
+
+def paint_rank(areas: torch.Tensor, order: str) -> torch.Tensor:
+    """(N,) int32 paint position of each masklet (the highest covering rank wins): the inverse of
+    `paint_order`, the form the aggregate kernels take."""
+    n = areas.numel()
+    rank = torch.empty(n, dtype=torch.int32, device=areas.device)
+    rank[paint_order(areas, order)] = torch.arange(n, dtype=torch.int32, device=areas.device)
+    return rank
+
+
+class ReferenceOps:
+    """The vote ops written the straightforward way (paint loop, nonzero, bincount: host syncs on
+    a GPU), for the reference pipeline; kernels.KernelOps has the same three methods."""
+
+    backend = "reference"
+
+    def aggregate(
+        self, logits: torch.Tensor, rank: torch.Tensor, labels: torch.Tensor, num_classes: int, by_logit: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, h, w) logits -> ((H, W) int32 ids, -1 for none; (N, C) int64 votes of the labels
+        over each masklet's mask). Logits at another size than the labels are resized once,
+        bilinearly (the label-resolution rule, reference.py)."""
+        if logits.shape[-2:] != labels.shape:
+            logits = F.interpolate(logits[:, None], labels.shape, mode="bilinear", align_corners=False)[:, 0]
+        masks = logits > 0
+        ids = aggregate_logits(logits) if by_logit else aggregate(masks, torch.argsort(rank))
+        return ids, vote_histogram(masks, labels, num_classes)
+
+    def decide(self, hist: torch.Tensor) -> torch.Tensor:
+        return decide(hist)
+
+    def paint(self, ids: torch.Tensor, classes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return paint(ids, classes, labels)
+
+
+class Votes:
+    """One window's votes, with any vote ops (METRICS.md 8.5). Masklet scope: each masklet's
+    histogram sums over the window, one decision, every frame painted at the end; frame scope:
+    decided and painted frame by frame. Paint order: `rank` (paint_rank); ties: decide's lowest
+    class. `covered` counts label pixels won by a masklet, on the ops' device (no host sync)."""
+
+    def __init__(self, ops, rank: torch.Tensor, num_classes: int, scope: str, by_logit: bool = False):
+        self.ops, self.rank, self.num_classes = ops, rank, num_classes
+        self.scope, self.by_logit = scope, by_logit
+        self.hists = torch.zeros((rank.numel(), num_classes), dtype=torch.int64, device=rank.device)
+        self.covered = torch.zeros((), dtype=torch.int64, device=rank.device)
+        self.ids: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.out: list[torch.Tensor] = []
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """One frame's (N, h, w) masklet logits and its (H, W) uint8 base labels."""
+        ids, hist = self.ops.aggregate(logits, self.rank, labels, self.num_classes, self.by_logit)
+        self.add_ids(ids, hist, labels)
+
+    def add_ids(self, ids: torch.Tensor, hist: torch.Tensor, labels: torch.Tensor) -> None:
+        """One frame's (H, W) int32 masklet ids (-1: none) and their (N, C) votes."""
+        self.covered += (ids >= 0).sum()
+        if self.scope == "frame":
+            self.out.append(self.ops.paint(ids, self.ops.decide(hist), labels))
+        else:
+            self.ids.append(ids)
+            self.labels.append(labels)
+            self.hists += hist
+
+    def painted(self) -> torch.Tensor:
+        """The window's refined (T, H, W) uint8 labels."""
+        if self.scope == "masklet":
+            classes = self.ops.decide(self.hists)
+            self.out = [self.ops.paint(i, classes, s) for i, s in zip(self.ids, self.labels, strict=True)]
+        return torch.stack(self.out)

@@ -1,0 +1,86 @@
+"""Masklet sources: what a refiner prompts its tracker with on a window's keyframe.
+
+Every source answers `keyframe(window, features=None) -> (masks (N, H, W) bool, areas (N,)
+int64)` on its device, at the frames' resolution, in the order the paint order's ties keep.
+Here: the dataset's instance masks and per-frame superpixels (no model); SAM2's official
+automatic mask generator is in reference.py, the batched detector in engine.py. `features` is
+the keyframe's backbone output when the tracker already encoded it (sources that can reuse it say
+so with `shares_keyframe`).
+
+The decision a reader must know: the preset's masklet cap (`max_masklets`, the N largest) is the
+source's, applied before the masks leave it, so a tracker never sees a masklet it would drop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sam2vss.config import RefineConfig
+
+
+def keep_largest(
+    masks: torch.Tensor, areas: torch.Tensor, cap: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `cap` largest masks (ties: the earlier), in their original order; all when cap is None."""
+    if cap is not None and masks.shape[0] > cap:
+        keep = torch.argsort(areas, descending=True, stable=True)[:cap].sort().values
+        masks, areas = masks[keep], areas[keep]
+    return masks, areas
+
+
+def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`: through pinned memory, non-blocking, on CUDA."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+class InstanceMasks:
+    """The dataset's instance masks of the keyframe (DATA/data/<video>/instance/*.png), one masklet
+    per id > 0 in id order: tests and benchmarks prompt SAM2 with them for a known masklet count."""
+
+    shares_keyframe = False
+
+    def __init__(self, device: torch.device | str = "cpu", max_masklets: int | None = None):
+        self.device, self.max_masklets = torch.device(device), max_masklets
+
+    def keyframe(self, window, features: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = window.instances
+        if ids is None:
+            raise ValueError("masks='instances' needs instance masks (DATA/data/<video>/instance/*.png)")
+        found = [ids == k for k in np.unique(ids) if k != 0]
+        areas = torch.tensor([int(m.sum()) for m in found], dtype=torch.int64)
+        masks = torch.from_numpy(np.stack(found)) if found else torch.zeros((0, *ids.shape), dtype=torch.bool)
+        masks, areas = keep_largest(masks, areas, self.max_masklets)
+        return upload(masks, self.device), upload(areas, self.device)
+
+
+def superpixels(image: np.ndarray, cfg: RefineConfig) -> np.ndarray:
+    """(H, W) int32 segment ids 0..n-1 of one frame."""
+    from skimage.segmentation import felzenszwalb, slic
+
+    if cfg.superpixel_method == "slic":
+        n_segments = max(1, image.shape[0] * image.shape[1] // cfg.superpixel_size)
+        seg = slic(image, n_segments=n_segments, compactness=cfg.superpixel_compactness,
+                   start_label=0, enforce_connectivity=True)  # fmt: skip
+    else:
+        seg = felzenszwalb(
+            image, scale=cfg.felzenszwalb_scale, sigma=0.8, min_size=int(cfg.felzenszwalb_scale / 4)
+        )
+    return seg.astype(np.int32)
+
+
+class Superpixels:
+    """Per-frame superpixels (scikit-image SLIC or Felzenszwalb) at the labels' resolution: a
+    partition, untracked, so the refiner votes per frame and needs no model."""
+
+    def __init__(self, cfg: RefineConfig):
+        self.cfg = cfg
+
+    def frame(self, image: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+        """(h, w) int32 segment ids of one (H, W, 3) uint8 frame, resized bilinearly to `hw`."""
+        if image.shape[:2] != hw:
+            image = np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
+        return torch.from_numpy(superpixels(image, self.cfg))
