@@ -214,9 +214,10 @@ class FastRefiner(ReferenceRefiner):
         return self._last
 
 
-def make_refiner(cfg: RefineConfig, model_cfg: ModelConfig | None, pipeline: str) -> ReferenceRefiner:
-    if pipeline == "reference":
+def make_refiner(cfg: RefineConfig, model_cfg: ModelConfig | None) -> ReferenceRefiner:
+    """cfg.pipeline's refiner; the fast one runs cfg.engine (None: the preset's)."""
+    if cfg.pipeline == "reference":
         return ReferenceRefiner(cfg, model_cfg)
-    if pipeline == "fast":
-        return FastRefiner(cfg, model_cfg)
-    raise ValueError(f"unknown pipeline {pipeline!r}; expected reference or fast")
+    if cfg.pipeline == "fast":
+        return FastRefiner(cfg, model_cfg, engine=cfg.engine)
+    raise ValueError(f"unknown pipeline {cfg.pipeline!r}; expected reference or fast")
