@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from sam2vss.config import RefineConfig, SynthConfig, config_hash
+from sam2vss.config import RefineConfig, RunConfig, SynthConfig, config_hash
 from sam2vss.data import open_dataset
 from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.sinks import write_json
@@ -61,7 +61,9 @@ def main() -> int:
         out = HERE / "data" / f"runners_out_{runner}_{workers}"
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        report = refine_jobs(jobs, out, refine_cfg, progress=False, runner=runner, workers=workers)
+        report = refine_jobs(
+            jobs, out, refine_cfg, progress=False, run=RunConfig(runner=runner, workers=workers)
+        )
         dt = time.perf_counter() - t0
         d = digest(out)
         reference = reference or d

@@ -34,10 +34,10 @@ def main() -> None:
     from sam2vss.refine import refiner_windows
 
     job = bench_clip(a.data_dir, a.frames, a.masklets, 240, 428)
-    cfg = RefineConfig(masks="instances", window=a.frames, preset=a.preset)
+    cfg = RefineConfig(masks="instances", window=a.frames, preset=a.preset, pipeline=a.pipeline)
     with EmulatedCuda() as emu:
         model = ModelConfig(image_size=256, device=a.device)
-        refiner = Refiner.build(cfg, model, a.pipeline)
+        refiner = Refiner.build(cfg, model)
         window = next(iter(refiner_windows(refiner, job)))[1]
         emu.instrument(refiner)
         refiner.refine_window(window).wait()  # warm-up: one-time uploads and tables

@@ -101,8 +101,8 @@ def test_inductor_backend_agrees_with_eager(tmp_path):
     )
     (job,) = dataset_jobs(open_dataset(root), root / "pred_base", "val")
     for backend in ("eager", "inductor"):
-        cfg = RefineConfig(masks="instances", window=4, backend=backend)
-        refine_jobs([job], tmp_path / backend, cfg, MODEL, progress=False, pipeline="fast")
+        cfg = RefineConfig(masks="instances", window=4, backend=backend, pipeline="fast")
+        refine_jobs([job], tmp_path / backend, cfg, MODEL, progress=False)
     share = agreement(job, tmp_path / "eager", tmp_path / "inductor")
     print(f"inductor vs eager label agreement {100 * share:.4f}%")
     assert share >= 0.999

@@ -1,7 +1,12 @@
-"""The command line: synth -> eval (fast and reference agree), errors, demo, --help."""
+"""The command line: synth -> eval (fast and reference agree), errors, demo, --help; the flags
+derived from the config dataclasses (every field has one, defaults are the library's except
+cli.CLI_DEFAULTS)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import inspect
 import json
 import os
 import subprocess
@@ -9,7 +14,19 @@ import sys
 
 import pytest
 
-from sam2vss.cli import main
+from sam2vss import cli
+from sam2vss.cli import build_parser, main
+from sam2vss.config import (
+    PRESETS,
+    BenchConfig,
+    EngineConfig,
+    MetricConfig,
+    RefineConfig,
+    RunConfig,
+    SynthConfig,
+)
+from sam2vss.model import ModelConfig
+from sam2vss.segmentor import SegmentorConfig
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +132,175 @@ def test_internal_error_is_one_line(monkeypatch, tmp_path, capsys):
         err.strip()
         == "sam2vss synth: error: internal error (RuntimeError: boom); rerun with --debug and report it"
     )
+
+
+# ------------------------------------------------------------------ the CLI is derived from the config
+def _subparser(command: str) -> argparse.ArgumentParser:
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[command]
+
+
+# command -> (its minimal command line, the config dataclasses whose flags it carries)
+CONFIG_COMMANDS = {
+    "synth": (["synth", "--out", "o"], (SynthConfig,)),
+    "eval": (["eval", "--data", "d", "--pred", "p"], (MetricConfig,)),
+    "refine": (
+        ["refine", "--data", "d", "--pred", "p", "--out", "o"],
+        (RefineConfig, EngineConfig, ModelConfig, RunConfig),
+    ),
+    "train-classifier": (["train-classifier", "--data", "d", "--out", "o"], (SegmentorConfig, ModelConfig)),
+    "bench": (["bench"], (BenchConfig, ModelConfig)),
+}
+ALL_CONFIGS = (SynthConfig, MetricConfig, RefineConfig, EngineConfig, ModelConfig, RunConfig)
+ALL_CONFIGS += (SegmentorConfig, BenchConfig)
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIGS, ids=lambda c: c.__name__)
+def test_every_config_field_has_a_flag(cls):
+    """A field added without `config.option` metadata, or never given a flag, fails here; a nested
+    config field (RefineConfig.engine) is covered by its own class's flags."""
+    commands = [c for c, (_, classes) in CONFIG_COMMANDS.items() if cls in classes]
+    assert commands, f"{cls.__name__} is the config of no command"
+    for command in commands:
+        dests = {a.dest for a in _subparser(command)._actions}
+        for f in dataclasses.fields(cls):
+            if "help" not in f.metadata:
+                assert f.type in (f"{c.__name__} | None" for c in ALL_CONFIGS), f"{cls.__name__}.{f.name}"
+                continue
+            assert cli._dest(f) in dests, f"sam2vss {command}: no flag for {cls.__name__}.{f.name}"
+
+
+@pytest.mark.parametrize("command", list(CONFIG_COMMANDS))
+def test_cli_defaults_are_the_library_defaults(command):
+    """Each flag's default is its field's default, except the deliberate differences of
+    cli.CLI_DEFAULTS (which must still differ: a stale entry fails too)."""
+    argv, classes = CONFIG_COMMANDS[command]
+    a = build_parser().parse_args(argv)
+    differences = cli.CLI_DEFAULTS.get(command, {})
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            dest = cli._dest(f)
+            if "help" not in f.metadata or not hasattr(a, dest):  # nested, or an override flag
+                continue
+            if dest in differences:
+                assert getattr(a, dest) == differences[dest][0] != f.default, (command, dest)
+            else:
+                assert getattr(a, dest) == f.default, (
+                    f"{command} --{dest}: {getattr(a, dest)!r} != {f.default!r}"
+                )
+    assert set(differences) <= set(vars(a)), "CLI_DEFAULTS names a flag the command does not have"
+
+
+def _keyword_defaults(fn) -> dict:
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+def test_synth_and_eval_configs_equal_the_library_defaults():
+    from sam2vss.evaluate import evaluate
+    from sam2vss.synth import synthesize
+
+    a = build_parser().parse_args(CONFIG_COMMANDS["synth"][0])
+    assert cli.config_from(SynthConfig, a) == SynthConfig()
+    assert _keyword_defaults(synthesize) == {"progress": not a.quiet}
+    a = build_parser().parse_args(CONFIG_COMMANDS["eval"][0])
+    assert cli.config_from(MetricConfig, a) == MetricConfig()
+    kw = _keyword_defaults(evaluate)
+    assert kw.pop("cfg") is None and kw.pop("kernels") is None  # None: MetricConfig(); kernels: auto
+    assert kw == {"split": a.split, "device": a.device, "workers": a.workers, "progress": not a.quiet}
+
+
+def test_refine_configs_equal_the_library_defaults():
+    """`refine` with only its required flags runs what `refine_jobs(jobs, out, RefineConfig())`
+    runs, once the one deliberate difference is resolved: the CLI asks for --checkpoint where the
+    library takes random weights."""
+    from sam2vss.refine import refine_jobs
+
+    a = build_parser().parse_args(CONFIG_COMMANDS["refine"][0])
+    with pytest.raises(ValueError, match="--checkpoint: --masks sam2 needs --checkpoint PATH"):
+        cli.refine_configs(a)
+    a.checkpoint = ModelConfig().checkpoint
+    cfg, model_cfg, run = cli.refine_configs(a)
+    assert (cfg, model_cfg, run) == (RefineConfig(), ModelConfig(), RunConfig())
+    assert cfg.pipeline == "fast" and cfg.engine is None  # the preset's engine
+    kw = _keyword_defaults(refine_jobs)
+    assert "pipeline" not in inspect.signature(refine_jobs).parameters  # cfg.pipeline says it
+    assert kw.pop("model_cfg") is None and kw.pop("protect") == ()  # None: ModelConfig() when needed
+    assert kw == {"overwrite": a.overwrite, "progress": not a.quiet, "run": run}
+
+
+def test_segmentor_configs_equal_the_library_defaults():
+    from sam2vss.segmentor import segment, train
+
+    a = build_parser().parse_args(CONFIG_COMMANDS["train-classifier"][0])
+    assert cli.config_from(SegmentorConfig, a) == SegmentorConfig()
+    assert cli._model_cfg_if_needed(a, False) is None  # builtin features, superpixel masklets
+    assert _keyword_defaults(train) == {"model_cfg": None, "progress": not a.quiet}
+    a = build_parser().parse_args(["segment", "--data", "d", "--classifier", "c", "--out", "o"])
+    assert _keyword_defaults(segment) == {"base": a.base, "model_cfg": None, "progress": not a.quiet}
+
+
+def test_bench_config_equals_the_library_defaults():
+    from sam2vss.bench import bench_clip, run_bench
+
+    a = build_parser().parse_args(["bench"])
+    cfg = cli.config_from(BenchConfig, a)
+    assert cfg == BenchConfig()
+    assert cli.config_from(ModelConfig, a) == ModelConfig(image_size=256)  # CLI_DEFAULTS["bench"]
+    assert _keyword_defaults(bench_clip) == {"height": cfg.height, "width": cfg.width, "progress": True}
+    kw = _keyword_defaults(run_bench)
+    assert kw == {"runs": cfg.runs(), "progress": True, "masks": cfg.masks, "emulate": cfg.emulate_cuda}
+
+
+def test_help_lists_the_cli_library_differences():
+    out = subprocess.run([sys.executable, "-m", "sam2vss", "--help"], capture_output=True, text=True).stdout
+    assert "CLI defaults that differ from the library's" in out
+    for command, flags in cli.CLI_DEFAULTS.items():
+        for dest in flags:
+            assert f"{command} --{dest.replace('_', '-')}: " in out
+
+
+def _refine_cfg(*extra: str) -> RefineConfig:
+    argv = [*CONFIG_COMMANDS["refine"][0], "--masks", "instances", "--checkpoint", "none", *extra]
+    return cli.refine_configs(build_parser().parse_args(argv))[0]
+
+
+def test_engine_flags_override_the_preset_and_key_the_output_folder():
+    from sam2vss.refine import config_from_fields, refine_config_hash, refine_fields
+
+    model = ModelConfig(image_size=256)
+    cfg = _refine_cfg("--preset", "fastest", "--memory-frames", "none", "--no-low-res-stability")
+    assert cfg.fast_engine() == dataclasses.replace(
+        PRESETS["fastest"], memory_frames=None, low_res_stability=False
+    )
+    assert refine_fields(cfg)["engine"] == {"memory_frames": None, "low_res_stability": False}
+    assert config_from_fields(refine_fields(cfg), cfg.pipeline) == cfg  # how manifests are read back
+    fastest = _refine_cfg("--preset", "fastest")
+    assert refine_config_hash(cfg, model) != refine_config_hash(fastest, model)
+    # an override equal to the preset's value is the preset's configuration: the same folder
+    same = _refine_cfg("--preset", "fastest", "--memory-frames", "2", "--track-scale", "0.5")
+    assert same.engine is not None and refine_config_hash(same, model) == refine_config_hash(fastest, model)
+    # the reference runs no engine: overrides change nothing it computes
+    reference = _refine_cfg("--pipeline", "reference", "--memory-frames", "1")
+    plain = _refine_cfg("--pipeline", "reference")
+    assert refine_config_hash(reference, model) == refine_config_hash(plain, model)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--memory-frames", "0"], "--memory-frames: must be >= 1, got 0"),
+        (["--encode-batch", "x"], "--encode-batch: expected an integer, got 'x'"),
+        (["--bf16", "maybe"], "--bf16: invalid choice: 'maybe'"),
+        (["--workers", "0"], "--workers: must be >= 1, got 0"),
+        (["--window", "0"], "--window: must be >= 1, got 0"),
+    ],
+)
+def test_generated_flags_check_their_values(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*CONFIG_COMMANDS["refine"][0], *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_vc_lengths_flag_is_comma_separated():
+    a = build_parser().parse_args([*CONFIG_COMMANDS["eval"][0], "--vc-lengths", "4,8,16"])
+    assert cli.config_from(MetricConfig, a).vc_lengths == (4, 8, 16)

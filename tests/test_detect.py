@@ -5,6 +5,8 @@ the fast pipeline's labels with AMG masklets against the reference's."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -140,8 +142,8 @@ def test_fast_pipeline_with_amg_masklets_agrees_with_reference(scene, tmp_path, 
         box_nms_thresh=nms,
     )
     (job,) = dataset_jobs(open_dataset(root), root / "pred_base", "val")
-    ref = refine_jobs([job], tmp_path / "ref", cfg, MODEL, progress=False)
-    fast = refine_jobs([job], tmp_path / "fast", cfg, MODEL, progress=False, pipeline="fast")
+    ref = refine_jobs([job], tmp_path / "ref", replace(cfg, pipeline="reference"), MODEL, progress=False)
+    fast = refine_jobs([job], tmp_path / "fast", replace(cfg, pipeline="fast"), MODEL, progress=False)
     assert ref.frames == fast.frames == 4 and not fast.failed
     share = agreement(job, tmp_path / "ref", tmp_path / "fast")
     print(f"AMG masklets, nms {nms}: fast vs reference label agreement {100 * share:.4f}%")

@@ -114,8 +114,8 @@ def _agreement(a_dir, b_dir) -> tuple[float, int]:
 def test_fast_labels_agree_with_reference(clip, tmp_path, cfg):
     ds, pred = clip
     jobs = dataset_jobs(ds, pred, "val")
-    refine_jobs(jobs, tmp_path / "ref", cfg, MODEL, progress=False)
-    fast = refine_jobs(jobs, tmp_path / "fast", cfg, MODEL, progress=False, pipeline="fast")
+    refine_jobs(jobs, tmp_path / "ref", replace(cfg, pipeline="reference"), MODEL, progress=False)
+    fast = refine_jobs(jobs, tmp_path / "fast", replace(cfg, pipeline="fast"), MODEL, progress=False)
     assert fast.frames == 14 and not fast.failed
     agreement, pixels = _agreement(tmp_path / "ref", tmp_path / "fast")
     print(f"fast vs reference label agreement: {100 * agreement:.4f}% of {pixels} pixels")
@@ -132,7 +132,7 @@ def test_zero_masklets_and_one_frame_video(tmp_path):
     root = synthesize(tmp_path / "ds", cfg, progress=False)
     jobs = dataset_jobs(open_dataset(root), root / "pred_base", "val")
     report = refine_jobs(
-        jobs, tmp_path / "o", RefineConfig(masks="instances"), MODEL, progress=False, pipeline="fast"
+        jobs, tmp_path / "o", RefineConfig(masks="instances", pipeline="fast"), MODEL, progress=False
     )
     assert report.frames == 1
     (out,) = list((tmp_path / "o").rglob("*.png"))
@@ -182,9 +182,9 @@ def test_device_preprocessing_keeps_agreement(clip, tmp_path, monkeypatch):
     ds, pred = clip
     jobs = dataset_jobs(ds, pred, "val")
     cfg = RefineConfig(masks="instances", window=7)
-    refine_jobs(jobs, tmp_path / "ref", cfg, MODEL, progress=False)
-    fast = replace(cfg, preset="device_preprocess")
-    refine_jobs(jobs, tmp_path / "fast", fast, MODEL, progress=False, pipeline="fast")
+    refine_jobs(jobs, tmp_path / "ref", replace(cfg, pipeline="reference"), MODEL, progress=False)
+    fast = replace(cfg, preset="device_preprocess", pipeline="fast")
+    refine_jobs(jobs, tmp_path / "fast", fast, MODEL, progress=False)
     agreement, pixels = _agreement(tmp_path / "ref", tmp_path / "fast")
     print(f"device preprocessing vs reference label agreement: {100 * agreement:.4f}% of {pixels} pixels")
     assert agreement >= AGREEMENT
@@ -252,8 +252,8 @@ def test_labels_at_another_resolution_follow_one_rule(tmp_path):
         write_label_png(small / p.parent.name / p.name, np.asarray(label))
     jobs = dataset_jobs(open_dataset(root), small, "val")
     refine = RefineConfig(masks="instances", window=3)
-    refine_jobs(jobs, tmp_path / "ref", refine, MODEL, progress=False)
-    refine_jobs(jobs, tmp_path / "fast", refine, MODEL, progress=False, pipeline="fast")
+    refine_jobs(jobs, tmp_path / "ref", replace(refine, pipeline="reference"), MODEL, progress=False)
+    refine_jobs(jobs, tmp_path / "fast", replace(refine, pipeline="fast"), MODEL, progress=False)
     agreement, pixels = _agreement(tmp_path / "ref", tmp_path / "fast")
     print(f"labels at 121x214, frames at 241x427: agreement {100 * agreement:.4f}% of {pixels} pixels")
     assert pixels == 3 * 121 * 214 and agreement >= 0.9999

@@ -63,8 +63,10 @@ def label_digest(path: Path) -> str:
 def test_refined_labels_equal_the_recorded_ones(jobs, recorded, tmp_path, case):
     pipeline_preset, masks = case.split("/")
     pipeline, _, preset = pipeline_preset.partition("@")
-    cfg = RefineConfig(masks=masks, window=3, preset=preset or "exact", **SOURCE_SETTINGS[masks])
-    report = refine_jobs(jobs, tmp_path, cfg, MODEL, progress=False, pipeline=pipeline)
+    cfg = RefineConfig(
+        masks=masks, window=3, preset=preset or "exact", pipeline=pipeline, **SOURCE_SETTINGS[masks]
+    )
+    report = refine_jobs(jobs, tmp_path, cfg, MODEL, progress=False)
     assert not report.failed, report.failed
     names = [f"{job.name}/{name}" for job in jobs for name in job.label_names]
     digests = {name: label_digest(tmp_path / name) for name in names}

@@ -61,7 +61,9 @@ def sources(tmp_path_factory):
 def test_no_device_mismatch(sources, tmp_path, preset, masks, device):
     """The whole refine loop (decode thread, labels upload, model, kernels, writers) on the
     emulated device: a mismatch raises, a failed video would be reported."""
-    cfg = RefineConfig(masks=masks, window=2, preset=preset, **(LOWERED if masks == "sam2" else {}))
+    cfg = RefineConfig(
+        masks=masks, window=2, preset=preset, pipeline="fast", **(LOWERED if masks == "sam2" else {})
+    )
     with EmulatedCuda(devices=2) as emu:
         report = refine_jobs(
             sources,
@@ -69,7 +71,6 @@ def test_no_device_mismatch(sources, tmp_path, preset, masks, device):
             cfg,
             ModelConfig(image_size=256, device=device),
             progress=False,
-            pipeline="fast",
         )
     assert not report.failed, report.failed
     assert report.frames == 8 and emu.mismatches == []
@@ -83,7 +84,7 @@ def test_no_device_mismatch(sources, tmp_path, preset, masks, device):
 
 
 def test_reference_pipeline_on_the_emulated_device(sources, tmp_path):
-    cfg = RefineConfig(masks="instances", window=2)
+    cfg = RefineConfig(masks="instances", window=2, pipeline="reference")
     with EmulatedCuda() as emu:
         report = refine_jobs(
             sources[:1], tmp_path, cfg, ModelConfig(image_size=256, device="cuda:1"), progress=False

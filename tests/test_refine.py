@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,7 @@ def tiny(tmp_path_factory):
 
 def _run(tiny, out, cfg, model=MODEL):
     ds, pred = tiny
+    cfg = replace(cfg, pipeline="reference")  # the pipeline these tests were written for
     return refine_jobs(dataset_jobs(ds, pred, "val"), out, cfg, model, progress=False)
 
 

@@ -150,9 +150,7 @@ EMULATED_FIELDS = (
 )  # fmt: skip
 
 
-def _run(
-    refiner: Refiner, job: VideoJob, out: Path, name: str, preset: str, backend: str, emu=None
-) -> Row:
+def _run(refiner: Refiner, job: VideoJob, out: Path, name: str, preset: str, backend: str, emu=None) -> Row:
     """A warm-up window of up to WARMUP_FRAMES frames (lazy initialisation, allocator, and the
     compiled backends' graphs for every shape a window meets), then the whole clip through the
     refine loop. With `emu` (an EmulatedCuda), the row gets the emulated device's counts of the

@@ -1,5 +1,7 @@
-"""`sam2vss` command line: synth, eval, refine, I-SAM2, bench, demo. Flags map 1:1 to config
-dataclass fields.
+"""`sam2vss` command line: synth, eval, refine, I-SAM2, bench, demo. The flags of each config
+dataclass are generated from its fields (`add_config_flags`: help, choices, flag names and ranges
+live in the fields' metadata, config.option); the few CLI defaults that differ from the
+library's are listed in CLI_DEFAULTS (and in --help).
 
 The boundary: arguments and inputs are checked before any work, and every error ends in one
 line on stderr, `sam2vss CMD: error: <file or flag>: <what> <fix>`, with no traceback unless
@@ -12,8 +14,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 import time
 import traceback
+import typing
+from dataclasses import Field, fields, replace
 from pathlib import Path
 
 from sam2vss import __version__, envs, versions
@@ -21,9 +26,11 @@ from sam2vss.config import (
     DECODERS,
     MODEL_BACKENDS,
     PRESETS,
-    THRESHOLD_RANGES,
+    BenchConfig,
+    EngineConfig,
     MetricConfig,
     RefineConfig,
+    RunConfig,
     SynthConfig,
 )
 from sam2vss.data import DataError, open_dataset
@@ -45,6 +52,48 @@ before any work, 130 interrupted (Ctrl-C). Errors are one line, `sam2vss CMD: er
 """
 
 
+# The deliberate differences between the CLI's defaults and the library's (the config dataclasses'
+# defaults and the entry points' keyword defaults); every other default is the library's, which
+# tests/test_cli.py checks field by field. Command -> {flag dest: (CLI default, what and why)}.
+CLI_DEFAULTS: dict[str, dict[str, tuple[object, str]]] = {
+    "refine": {
+        "checkpoint": (
+            None,
+            "none given: --masks sam2 and instances refuse to run, where the library builds random"
+            " weights that find no masks; --checkpoint none asks for them",
+        ),
+        "vote_scope": (
+            None,
+            "masklet, or frame with --masks superpixel: chosen from --masks, since the library"
+            " refuses superpixels with masklet votes",
+        ),
+    },
+    "train-classifier": {
+        "checkpoint": (
+            None,
+            "none given: --features sam2 and --masklets sam2 refuse to run, where the library builds"
+            " random weights; --checkpoint none asks for them",
+        ),
+    },
+    "bench": {
+        "image_size": (
+            256,
+            "256, a CPU-sized model input (the library's is SAM2's 1024); with random weights"
+            " (--checkpoint none), as the library's",
+        ),
+    },
+}
+
+
+def _differences_epilog() -> str:
+    lines = ["CLI defaults that differ from the library's (all others are the config dataclasses'):"]
+    for command, flags in CLI_DEFAULTS.items():
+        for dest, (_, why) in flags.items():
+            text = f"{command} --{dest.replace('_', '-')}: {why}"
+            lines.append(textwrap.fill(text, 100, initial_indent="  ", subsequent_indent="    "))
+    return "\n".join(lines) + "\n"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with our one-line error format (`--flag: what`, not `argument --flag: what`)."""
 
@@ -53,33 +102,113 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message.removeprefix('argument ')}\n")
 
 
-def _in_range(name: str):
-    """An argparse type for a threshold of RefineConfig, range-checked (config.THRESHOLD_RANGES)."""
-    lo, hi = THRESHOLD_RANGES[name]
+# ------------------------------------------------------------------ flags from config fields
+def _dest(f: Field) -> str:
+    return f.metadata.get("flag", f.name).replace("-", "_")
 
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be in [{lo:g}, {hi:g}], got {text}")
+
+def _scalar(kind: type, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _value_type(kind: type, optional: bool, bounds: tuple | None, item: type | None):
+    """An argparse type: `none` for an Optional field, comma-separated items for a tuple, the
+    field's range checked (config.option's low/high)."""
+
+    def parse(text: str):
+        if optional and text.lower() == "none":
+            return None
+        if kind is tuple:
+            return tuple(_scalar(item, x.strip()) for x in text.split(",") if x.strip())
+        value = _scalar(kind, text) if kind in (int, float) else text
+        if bounds is not None:
+            lo, hi = bounds
+            if hi is None and value < lo:
+                raise argparse.ArgumentTypeError(f"must be >= {lo:g}, got {text}")
+            if hi is not None and not lo <= value <= hi:
+                raise argparse.ArgumentTypeError(f"must be in [{lo:g}, {hi:g}], got {text}")
         return value
 
     return parse
+
+
+def _kind(hint) -> tuple[type, bool, type | None]:
+    """(base type, Optional, tuple item type) of a field's annotation: int, float, str, bool,
+    X | None, tuple[X, ...]."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return tuple, optional, typing.get_args(hint)[0]
+    return hint, optional, None
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "''"
+    return "none" if value is None else str(value)
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    title: str,
+    command: str,
+    skip: tuple[str, ...] = (),
+    override: bool = False,
+) -> None:
+    """One flag per field of the config dataclass `cls` (the fields' `config.option` metadata:
+    help, choices, flag name, range), in an argument group. Defaults are the dataclass's, except
+    CLI_DEFAULTS[command]; with `override` a flag has no default (absent from the namespace unless
+    given: `_overrides`). bool fields: --flag (store_true) or, where the default is True or the
+    flag overrides, --flag / --no-flag; tuples: comma-separated; Optional fields also take `none`.
+    Fields without metadata (a nested config such as RefineConfig.engine) get their own group."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    differences = CLI_DEFAULTS.get(command, {})
+    for f in fields(cls):
+        if "help" not in f.metadata or f.name in skip:
+            continue
+        dest = _dest(f)
+        kind, optional, item = _kind(hints[f.name])
+        default, help_text = f.default, f.metadata["help"]
+        if dest in differences:
+            default, why = differences[dest]
+            help_text += f" (default: {why})"
+        kwargs: dict = {"dest": dest, "default": argparse.SUPPRESS if override else default}
+        if kind is bool:
+            negatable = override or default
+            kwargs["action"] = argparse.BooleanOptionalAction if negatable else "store_true"
+        else:
+            kwargs["type"] = _value_type(kind, optional, f.metadata.get("range"), item)
+            kwargs["choices"] = f.metadata.get("choices")
+        if override:
+            help_text += " (default: the --preset's)"
+        elif kind is not bool and "default" not in help_text:
+            help_text += f" (default {_show(default)})"
+        flag = "--" + dest.replace("_", "-")
+        group.add_argument(flag, help=help_text, **kwargs)
+
+
+def _overrides(cls: type, a: argparse.Namespace) -> dict:
+    """The fields of `cls` whose flags are in the namespace (all, unless added with `override`)."""
+    return {
+        f.name: getattr(a, _dest(f)) for f in fields(cls) if "help" in f.metadata and hasattr(a, _dest(f))
+    }
+
+
+def config_from(cls: type, a: argparse.Namespace, **given):
+    """`cls` built from its flags; `given` fields take precedence."""
+    return cls(**(_overrides(cls, a) | given))
 
 
 def _at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
-        return value
-
-    return parse
+    return _value_type(int, False, (low, None), None)
 
 
 class _Version(argparse.Action):
@@ -97,117 +226,14 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def _add_metric_flags(p: argparse.ArgumentParser) -> None:
-    d = MetricConfig()
-    g = p.add_argument_group("metric semantics (METRICS.md section 8; defaults = CFFM/TV3S reference)")
-    g.add_argument(
-        "--num-classes", type=int, default=d.num_classes, help="evaluated classes (default %(default)s)"
-    )
-    g.add_argument(
-        "--boundary-kernel",
-        type=int,
-        default=d.boundary_kernel,
-        help="mBIoU square erosion kernel side, odd (default %(default)s)",
-    )
-    g.add_argument("--pad-border", action="store_true", help="mBIoU: the image border counts as a boundary")
-    g.add_argument(
-        "--void-mode",
-        choices=("drop", "keep"),
-        default=d.void_mode,
-        help="mBIoU: drop predicted band pixels on GT void (default %(default)s)",
-    )
-    g.add_argument(
-        "--vc-skip-rule",
-        choices=("16", "n"),
-        default=d.vc_skip_rule,
-        help="skip videos with <= 16 frames for every n (CFFM/TV3S) or <= n (default %(default)s)",
-    )
-    g.add_argument(
-        "--vc-gt",
-        choices=("reduced", "raw"),
-        default=d.vc_gt,
-        help="GT used by mVC: reduced (CFFM/TV3S) or raw VSPW ids (default %(default)s)",
-    )
-    g.add_argument(
-        "--vc-last-window",
-        action="store_true",
-        help="mVC: L-n+1 windows per video instead of the reference scripts' L-n",
-    )
-    g.add_argument(
-        "--vc-aggregate",
-        choices=("pooled", "per_video"),
-        default=d.vc_aggregate,
-        help="mVC: nanmean over all windows, or mean of per-video means (default %(default)s)",
-    )
-
-
-def _add_segmentor_flags(p: argparse.ArgumentParser) -> None:
+def build_parser() -> argparse.ArgumentParser:
     from sam2vss.segmentor import SegmentorConfig
 
-    d = SegmentorConfig()
-    g = p.add_argument_group("I-SAM2 classifier")
-    g.add_argument(
-        "--features",
-        default=d.features,
-        help="encoder: builtin, sam2, or MODULE:CALLABLE returning a (B,3,H,W)->(B,C,h,w) module"
-        " (default %(default)s)",
-    )
-    g.add_argument(
-        "--masklets",
-        choices=("superpixel", "instances", "sam2"),
-        default=d.masklets,
-        help="masklet source (default %(default)s)",
-    )
-    for name in ("depth", "width", "epochs", "batch_size", "frame_stride", "seed", "window"):
-        g.add_argument(
-            f"--{name.replace('_', '-')}", type=int, default=getattr(d, name), help="default %(default)s"
-        )
-    for name in ("dropout", "lr", "weight_decay", "purity"):
-        g.add_argument(
-            f"--{name.replace('_', '-')}", type=float, default=getattr(d, name), help="default %(default)s"
-        )
-    g.add_argument("--class-balance", action="store_true", help="weight the loss by 1/sqrt(class frequency)")
-    g.add_argument("--num-classes", type=int, default=d.num_classes, help="default %(default)s")
-
-
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    d = ModelConfig()
-    g = p.add_argument_group("SAM2 model")
-    g.add_argument(
-        "--checkpoint",
-        default=None,
-        help="SAM2 checkpoint .pt, or 'none' for random weights (plumbing and speed only)",
-    )
-    g.add_argument(
-        "--model",
-        default=d.name,
-        help="sam2.1_hiera_t|s|b+|l (or t, s, b+, l), sam2_hiera_* for SAM2 (default %(default)s)",
-    )
-    g.add_argument(
-        "--image-size", type=int, default=d.image_size, help="SAM2 input size (default %(default)s)"
-    )
-    g.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
-
-
-def _metric_config(a: argparse.Namespace) -> MetricConfig:
-    return MetricConfig(
-        num_classes=a.num_classes,
-        boundary_kernel=a.boundary_kernel,
-        pad_border=a.pad_border,
-        void_mode=a.void_mode,
-        vc_skip_rule=a.vc_skip_rule,
-        vc_gt=a.vc_gt,
-        vc_last_window=a.vc_last_window,
-        vc_aggregate=a.vc_aggregate,
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="sam2vss",
         description="SAM2 refinement, I-SAM2 segmentation and exact evaluation for video semantic"
         " segmentation.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + _differences_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action=_Version)
@@ -218,7 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = SynthConfig()
     s = sub.add_parser(
         "synth",
         parents=[common],
@@ -227,18 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         " predictions (DIR/pred_base). Same arguments, same bytes.",
     )
     s.add_argument("--out", type=Path, required=True, help="output dataset root")
-    s.add_argument("--videos", type=int, default=d.videos, help="val videos (default %(default)s)")
-    s.add_argument(
-        "--train-videos", type=int, default=d.train_videos, help="train videos (default %(default)s)"
-    )
-    s.add_argument("--frames", type=int, default=d.frames, help="frames per video (default %(default)s)")
-    s.add_argument("--height", type=int, default=d.height, help="frame height (default %(default)s)")
-    s.add_argument("--width", type=int, default=d.width, help="frame width (default %(default)s)")
-    s.add_argument("--classes", type=int, default=d.classes, help="classes in use (default %(default)s)")
-    s.add_argument(
-        "--objects", type=int, default=d.objects, help="moving objects per video (default %(default)s)"
-    )
-    s.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    add_config_flags(s, SynthConfig, "synthetic set", "synth")
 
     e = sub.add_parser(
         "eval",
@@ -261,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use the slow per-frame numpy twin written like the reference scripts",
     )
-    _add_metric_flags(e)
+    add_config_flags(
+        e, MetricConfig, "metric semantics (METRICS.md section 8; defaults = CFFM/TV3S reference)", "eval"
+    )
 
     r = sub.add_parser(
         "refine",
@@ -291,94 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="--out holds another configuration: move its videos to OUT/.superseded/<time>/ and start"
         " over (nothing is deleted)",
     )
-    run = r.add_argument_group("scale-out")
-    run.add_argument(
-        "--runner",
-        choices=("local", "ray"),
-        default="local",
-        help="local: one process; ray: Ray Data actors, one video per task (default %(default)s)",
+    add_config_flags(r, RunConfig, "scale-out", "refine")
+    add_config_flags(r, RefineConfig, "refiner (defaults: the paper's settings)", "refine")
+    add_config_flags(
+        r,
+        EngineConfig,
+        "fast-pipeline engine: each flag overrides the --preset's value (the reference ignores them)",
+        "refine",
+        override=True,
     )
-    run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
-    run.add_argument(
-        "--workers",
-        type=_at_least(1),
-        default=None,
-        help="Ray actors (default: one per GPU; one per CPU for superpixels or CPU-only clusters)",
-    )
-    run.add_argument(
-        "--retries",
-        type=_at_least(0),
-        default=1,
-        help="retries of a video that raises (default %(default)s; bad input data is not retried)",
-    )
-    d = RefineConfig()
-    g = r.add_argument_group("refiner (defaults: the paper's settings)")
-    g.add_argument(
-        "--masks",
-        choices=("sam2", "instances", "superpixel"),
-        default=d.masks,
-        help="masklet source (default %(default)s; instances: the dataset's instance masks)",
-    )
-    g.add_argument(
-        "--pipeline",
-        choices=("reference", "fast"),
-        default="fast",
-        help="fast (default): batched tracking and fused kernels, the reference's labels on >= 99.9%% of"
-        " pixels with --preset exact; reference: the official SAM2 classes, the paper's way",
-    )
-    g.add_argument(
-        "--preset",
-        choices=tuple(PRESETS),
-        default=d.preset,
-        help="the fast pipeline's speed preset (default %(default)s: the reference's labels; faster ones"
-        " trade tracking size, memory frames and masklets for speed, see the README)",
-    )
-    g.add_argument(
-        "--backend",
-        choices=MODEL_BACKENDS,
-        default=d.backend,
-        help="the fast pipeline's model backend (default %(default)s; inductor: torch.compile; tensorrt:"
-        " CUDA + torch-tensorrt, engines cached in SAM2VSS_CACHE)",
-    )
-    g.add_argument(
-        "--window", type=_at_least(1), default=d.window, help="frames per window (default %(default)s)"
-    )
-    g.add_argument(
-        "--grid", type=_at_least(1), default=d.grid, help="AMG points per side (default %(default)s)"
-    )
-    for name, what in (
-        ("pred_iou_thresh", "in [0, 1]"),
-        ("stability_thresh", "in [0, 1]"),
-        ("stability_offset", "a logit margin >= 0"),
-        ("box_nms_thresh", "in [0, 1]"),
-    ):
-        g.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=_in_range(name),
-            default=getattr(d, name),
-            help=f"{what} (default %(default)s)",
-        )
-    g.add_argument(
-        "--vote-scope",
-        choices=("masklet", "frame"),
-        default=None,
-        help="one class per masklet per window, or per frame (default: masklet; frame for superpixels)",
-    )
-    g.add_argument(
-        "--paint-order",
-        choices=("area", "logit", "amg"),
-        default=d.paint_order,
-        help="overlaps: area descending (smaller wins), highest logit, or AMG order (default %(default)s)",
-    )
-    g.add_argument("--superpixel-method", choices=("slic", "felzenszwalb"), default=d.superpixel_method)
-    g.add_argument(
-        "--superpixel-size",
-        type=int,
-        default=d.superpixel_size,
-        help="SLIC mean superpixel area in pixels (default %(default)s)",
-    )
-    g.add_argument("--num-classes", type=int, default=d.num_classes, help="default %(default)s")
-    _add_model_flags(r)
+    add_config_flags(r, ModelConfig, "SAM2 model", "refine")
 
     t = sub.add_parser(
         "train-classifier",
@@ -390,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", type=Path, required=True, help="dataset root (VSPW layout)")
     t.add_argument("--split", default="train", help="training split (default %(default)s)")
     t.add_argument("--out", type=Path, required=True, help="classifier checkpoint to write (.pt)")
-    _add_segmentor_flags(t)
-    _add_model_flags(t)
+    # --image-size is the model's flag, shared: SegmentorConfig.image_size is SAM2's input too
+    add_config_flags(t, SegmentorConfig, "I-SAM2 classifier", "train-classifier", skip=("image_size",))
+    add_config_flags(t, ModelConfig, "SAM2 model", "train-classifier")
 
     sg = sub.add_parser(
         "segment",
@@ -415,57 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
         " stage breakdown and, with --compare-reference, the reference measured in the same run with the"
         " label agreement.",
     )
-    b.add_argument("--frames", type=int, default=64, help="clip length (default %(default)s)")
-    b.add_argument("--masklets", type=int, default=25, help="objects in the clip (default %(default)s)")
-    b.add_argument(
-        "--window",
-        default="32",
-        help="comma-separated window sizes (default %(default)s; empty with --grid: detection only)",
-    )
-    b.add_argument(
-        "--grid",
-        default="",
-        help="comma-separated AMG grid sizes, e.g. 8,16,32,64: adds a keyframe-detection table (each preset's"
-        " detector, and the official generator with --compare-reference, on the clip's first frame; with"
-        " random weights the thresholds are lowered so that masks are kept)",
-    )
-    b.add_argument("--height", type=int, default=480, help="default %(default)s")
-    b.add_argument("--width", type=int, default=854, help="default %(default)s")
-    b.add_argument(
-        "--preset",
-        default="exact",
-        help=f"comma-separated fast-pipeline presets ({', '.join(PRESETS)}), each run with every --backend;"
-        " PRESET@BACKEND runs one pair only (default %(default)s)",
-    )
-    b.add_argument(
-        "--backend",
-        default="eager",
-        help=f"comma-separated model backends ({', '.join(MODEL_BACKENDS)}; default %(default)s)",
-    )
-    b.add_argument(
-        "--compare-reference",
-        action="store_true",
-        help="also run the reference refiner in the same run; rows then carry their label agreement",
-    )
-    b.add_argument(
-        "--masks",
-        choices=("instances", "sam2"),
-        default="instances",
-        help="masklets prompted from the clip's instance masks (default), or found by SAM2's generator"
-        " (grid 16, thresholds lowered for random weights)",
-    )
-    b.add_argument(
-        "--emulate-cuda",
-        action="store_true",
-        help="run on the emulated CUDA device (CPU compute) and add its counts to each row: launches and"
-        " syncs per frame, syncs per window, bytes copied each way, device mismatches",
-    )
+    add_config_flags(b, BenchConfig, "benchmark", "bench")
     b.add_argument("--plot", type=Path, default=None, help="write the ms/frame-per-window plot here (PNG)")
     b.add_argument("--json", type=Path, default=None, help="write the rows here")
     b.add_argument("--data-dir", type=Path, default=Path("bench_data"), help="where the clip is generated")
-    b.add_argument("--checkpoint", default="none", help="SAM2 checkpoint, or none (default %(default)s)")
-    b.add_argument("--model", default="sam2.1_hiera_t", help="default %(default)s")
-    b.add_argument("--image-size", type=int, default=256, help="default %(default)s")
+    add_config_flags(b, ModelConfig, "SAM2 model", "bench")
 
     m = sub.add_parser(
         "demo",
@@ -489,16 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_synth(a: argparse.Namespace) -> int:
     from sam2vss.synth import synthesize
 
-    cfg = SynthConfig(
-        videos=a.videos,
-        frames=a.frames,
-        height=a.height,
-        width=a.width,
-        classes=a.classes,
-        objects=a.objects,
-        seed=a.seed,
-        train_videos=a.train_videos,
-    )
+    cfg = config_from(SynthConfig, a)
     t0 = time.perf_counter()
     synthesize(a.out, cfg, progress=not a.quiet)
     print(
@@ -515,7 +399,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from sam2vss.outdir import check_writable
     from sam2vss.sinks import write_json
 
-    cfg = _metric_config(a)
+    cfg = config_from(MetricConfig, a)
     device = _device(a.device) if a.device is not None else None
     if a.json:
         check_writable(a.json, "--json", is_file=True)  # before the work, not after it
@@ -596,24 +480,16 @@ def _refine_inputs(a: argparse.Namespace):
     return [video_job(a.video, a.labels, a.decoder)], protect
 
 
-def cmd_refine(a: argparse.Namespace) -> int:
-    from sam2vss.refine import refine_jobs
-
-    cfg = RefineConfig(
-        masks=a.masks,
-        window=a.window,
-        grid=a.grid,
-        pred_iou_thresh=a.pred_iou_thresh,
-        stability_thresh=a.stability_thresh,
-        stability_offset=a.stability_offset,
-        box_nms_thresh=a.box_nms_thresh,
+def refine_configs(a: argparse.Namespace) -> tuple[RefineConfig, ModelConfig | None, RunConfig]:
+    """The refine command's configs: the refiner (--vote-scope chosen from --masks unless given;
+    the EngineConfig flags over the --preset's), the model (None for superpixels; SAM2 masklets
+    need --checkpoint) and the runner."""
+    overrides = _overrides(EngineConfig, a)
+    cfg = config_from(
+        RefineConfig,
+        a,
         vote_scope=a.vote_scope or ("frame" if a.masks == "superpixel" else "masklet"),
-        paint_order=a.paint_order,
-        num_classes=a.num_classes,
-        superpixel_method=a.superpixel_method,
-        superpixel_size=a.superpixel_size,
-        preset=a.preset,
-        backend=a.backend,
+        engine=replace(PRESETS[a.preset], **overrides) if overrides else None,
     )
     model_cfg = None
     if a.masks != "superpixel":
@@ -622,9 +498,15 @@ def cmd_refine(a: argparse.Namespace) -> int:
                 f"--checkpoint: --masks {a.masks} needs --checkpoint PATH (a SAM2 .pt), or --checkpoint"
                 " none for random weights (plumbing and speed only); --masks superpixel needs no model"
             )
-        model_cfg = ModelConfig(
-            name=a.model, checkpoint=a.checkpoint, image_size=a.image_size, device=a.device
-        )
+        model_cfg = config_from(ModelConfig, a)
+    return cfg, model_cfg, config_from(RunConfig, a)
+
+
+def cmd_refine(a: argparse.Namespace) -> int:
+    from sam2vss.refine import refine_jobs
+
+    cfg, model_cfg, run = refine_configs(a)
+    if model_cfg is not None:
         _device(a.device)
         _check_backend(a)
     jobs, protect = _refine_inputs(a)
@@ -635,11 +517,7 @@ def cmd_refine(a: argparse.Namespace) -> int:
         model_cfg,
         overwrite=a.overwrite,
         progress=not a.quiet,
-        runner=a.runner,
-        retries=a.retries,
-        workers=a.workers,
-        ray_address=a.ray_address,
-        pipeline=a.pipeline,
+        run=run,
         protect=protect,
     )
     fps = report.frames / max(report.seconds, 1e-9)
@@ -669,30 +547,13 @@ def _model_cfg_if_needed(a: argparse.Namespace, needed: bool) -> ModelConfig | N
         raise ValueError(
             "SAM2 features or masklets need --checkpoint PATH, or --checkpoint none for random weights"
         )
-    return ModelConfig(name=a.model, checkpoint=a.checkpoint, image_size=a.image_size, device=a.device)
+    return config_from(ModelConfig, a)
 
 
 def cmd_train_classifier(a: argparse.Namespace) -> int:
     from sam2vss.segmentor import SegmentorConfig, train
 
-    names = (
-        "features",
-        "masklets",
-        "depth",
-        "width",
-        "epochs",
-        "batch_size",
-        "frame_stride",
-        "seed",
-        "window",
-        "dropout",
-        "lr",
-        "weight_decay",
-        "purity",
-        "class_balance",
-        "num_classes",
-    )
-    cfg = SegmentorConfig(**{n: getattr(a, n) for n in names}, image_size=a.image_size)
+    cfg = config_from(SegmentorConfig, a)
     model_cfg = _model_cfg_if_needed(a, "sam2" in (cfg.features, cfg.masklets))
     ckpt = train(open_dataset(a.data), a.split, cfg, a.out, model_cfg, progress=not a.quiet)
     print(
@@ -724,29 +585,25 @@ def cmd_bench(a: argparse.Namespace) -> int:
     )
     from sam2vss.sinks import write_json
 
-    windows = [int(w) for w in a.window.split(",") if w]
-    grids = [int(g) for g in a.grid.split(",") if g]
-    backends = [b for b in a.backend.split(",") if b]
-    runs = []  # (preset, backend): each plain preset with each --backend; "preset@backend" alone
-    for item in (p for p in a.preset.split(",") if p):
-        preset, _, backend = item.partition("@")
-        runs += [(preset, backend)] if backend else [(preset, b) for b in backends]
+    cfg = config_from(BenchConfig, a)
+    runs, windows, grids = cfg.runs(), list(cfg.windows), list(cfg.grids)
     bad = [f"{p}@{b}" for p, b in runs if p not in PRESETS or b not in MODEL_BACKENDS]
     if bad or not runs or not (windows or grids) or min(windows + grids, default=1) < 1:
         raise ValueError(
-            f"--preset {a.preset!r} / --backend {a.backend!r} / --window {a.window!r} / --grid {a.grid!r}:"
-            f" presets among {', '.join(PRESETS)}, backends among {', '.join(MODEL_BACKENDS)}, windows and"
-            " grids positive integers, e.g. --preset exact,fastest,exact@inductor --window 8,32 --grid 16,32"
+            f"--preset {','.join(cfg.presets)!r} / --backend {','.join(cfg.backends)!r} / --window"
+            f" {','.join(map(str, windows))!r} / --grid {','.join(map(str, grids))!r}: presets among"
+            f" {', '.join(PRESETS)}, backends among {', '.join(MODEL_BACKENDS)}, windows and grids"
+            " positive integers, e.g. --preset exact,fastest,exact@inductor --window 8,32 --grid 16,32"
         )
-    job = bench_clip(a.data_dir, a.frames, a.masklets, a.height, a.width, progress=not a.quiet)
-    model_cfg = ModelConfig(name=a.model, checkpoint=a.checkpoint, image_size=a.image_size)
+    job = bench_clip(a.data_dir, cfg.frames, cfg.masklets, cfg.height, cfg.width, progress=not a.quiet)
+    model_cfg = config_from(ModelConfig, a)
     rows, ceiling = [], 0.0
     if windows:
         rows, ceiling = run_bench(
-            job, model_cfg, windows, a.compare_reference, tuple(runs), not a.quiet, a.masks, a.emulate_cuda
+            job, model_cfg, windows, cfg.compare_reference, runs, not a.quiet, cfg.masks, cfg.emulate_cuda
         )
-    detect_rows = detect_sweep(job, grids, model_cfg, tuple(runs), a.compare_reference, progress=not a.quiet)
-    clip = f"{a.frames} frames at {a.height}x{a.width}, {a.masklets} objects"
+    detect_rows = detect_sweep(job, grids, model_cfg, runs, cfg.compare_reference, progress=not a.quiet)
+    clip = f"{cfg.frames} frames at {cfg.height}x{cfg.width}, {cfg.masklets} objects"
     title = f"{clip}, {a.model} image size {a.image_size}, {environment()}"
     print(title)
     if rows:
@@ -755,7 +612,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print(format_detect_rows(detect_rows))
     if a.json:
         meta = {"environment": environment(), "clip": clip, "model": a.model, "image_size": a.image_size}
-        meta |= {"masks": a.masks, "emulated_cuda": a.emulate_cuda}
+        meta |= {"masks": cfg.masks, "emulated_cuda": cfg.emulate_cuda}
         result = {"matmul_ceiling_flops": ceiling, "rows": [asdict(r) for r in rows]}
         write_json(a.json, meta | result | {"detect_rows": [asdict(r) for r in detect_rows]})
         print(f"wrote {a.json}")

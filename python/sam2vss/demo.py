@@ -2,8 +2,9 @@
 
 Synthesizes a small VSPW-layout set (reused when the same configuration is already on disk),
 refines its simulated base predictions (superpixel masklets without a checkpoint, SAM2 masklets
-with one), evaluates before and after, and writes DIR/report.md with the paper-style table and
-side-by-side images (frame, base, refined, ground truth) in the VSPW palette.
+with one, through RefineConfig's default pipeline, `fast`, as `sam2vss refine`), evaluates
+before and after, and writes DIR/report.md with the paper-style table and side-by-side images
+(frame, base, refined, ground truth) in the VSPW palette.
 """
 
 from __future__ import annotations

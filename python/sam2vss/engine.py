@@ -39,7 +39,7 @@ import torch
 
 from sam2vss import model as sam2_model
 from sam2vss.backends import apply_backend, fit_rope_tables
-from sam2vss.config import PRESETS, EngineConfig, RefineConfig
+from sam2vss.config import EngineConfig, RefineConfig
 from sam2vss.detect import BatchedDetector
 from sam2vss.kernels import kernel_ops
 from sam2vss.masklets import InstanceMasks, Superpixels, keep_largest, upload
@@ -180,9 +180,9 @@ class Refiner:
         engine: EngineConfig | None = None,
     ) -> Refiner:
         """The fast pipeline: the batched detector (or the instance masks), BatchedTracker and the
-        kernels, all on the model's device. `engine` overrides the preset's EngineConfig;
-        `synced_stages` times stages with device syncs (benchmarks)."""
-        engine = engine or PRESETS[cfg.preset]
+        kernels, all on the model's device. `engine` overrides cfg's (cfg.fast_engine(): the
+        preset's with cfg.engine's overrides); `synced_stages` times stages with device syncs."""
+        engine = engine or cfg.fast_engine()
         if cfg.masks == "superpixel":  # no model stage: the reference's parts
             return cls.reference(cfg, model_cfg)
         model_cfg = model_cfg or ModelConfig()

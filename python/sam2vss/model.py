@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from sam2vss.config import option
+
 log = logging.getLogger(__name__)
 
 SIZES = ("t", "s", "b+", "l")
@@ -33,11 +35,17 @@ class ModelError(ValueError):
 class ModelConfig:
     """Which SAM2 to build and where to run it."""
 
-    name: str = "sam2.1_hiera_t"  # or an alias t, s, b+, l (SAM2.1); sam2_hiera_* for SAM2
-    checkpoint: str = "none"  # path to a .pt, or "none" for random weights (plumbing/speed only)
-    image_size: int = 1024  # SAM2's input resolution; multiples of 32 from 128 up (256+ for detection)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0  # random-weight initialisation seed
+    name: str = option(
+        "sam2.1_hiera_t",
+        "sam2.1_hiera_t|s|b+|l (or t, s, b+, l), sam2_hiera_* for SAM2",
+        flag="model",
+    )
+    checkpoint: str = option(
+        "none", "SAM2 checkpoint .pt, or 'none' for random weights (plumbing and speed only)"
+    )
+    image_size: int = option(1024, "SAM2 input size: a multiple of 32 from 128 up (256+ for detection)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    seed: int = option(0, "random-weight initialisation seed (--checkpoint none)", flag="model-seed")
 
     def __post_init__(self) -> None:
         name = ALIASES.get(self.name, self.name)

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from sam2vss import envs, outdir
-from sam2vss.config import PRESETS, RefineConfig
+from sam2vss.config import PRESETS, RefineConfig, RunConfig
 from sam2vss.data import (
     IMAGE_SUFFIXES,
     BaseLabels,
@@ -101,15 +101,17 @@ def video_job(video: Path, labels: Path, decoder: str = "auto") -> VideoJob:
 def refine_settings(
     cfg: RefineConfig,
     model_cfg: ModelConfig | None,
-    pipeline: str = "reference",
+    pipeline: str | None = None,
     model_dtype: str = "float32",
 ) -> dict:
-    """What changes the outputs: the refiner config, the pipeline and, for SAM2 masklets, the model
-    and weights (the fast pipeline agrees with the reference on >= 99.9% of pixels, not all), and
-    the model's dtype when it is not float32 (so the hashes of existing folders stay the same)."""
+    """What changes the outputs: the refiner config, the pipeline (`pipeline`, default
+    cfg.pipeline) and, for SAM2 masklets, the model and weights (the fast pipeline agrees with the
+    reference on >= 99.9% of pixels, not all), and the model's dtype when it is not float32 (so the
+    hashes of existing folders stay the same)."""
+    pipeline = pipeline or cfg.pipeline
     if pipeline == "reference" or cfg.masks == "superpixel":  # presets and backends act in the fast one
-        cfg, pipeline = replace(cfg, preset="exact", backend="eager"), "reference"
-    parts: dict = {"refine": asdict(cfg), "pipeline": pipeline}
+        cfg, pipeline = replace(cfg, preset="exact", backend="eager", engine=None), "reference"
+    parts: dict = {"refine": refine_fields(cfg), "pipeline": pipeline}
     if cfg.masks != "superpixel" and model_cfg is not None:
         parts["model"] = model_identity(model_cfg)
     if model_dtype != "float32":
@@ -117,10 +119,23 @@ def refine_settings(
     return parts
 
 
+def refine_fields(cfg: RefineConfig) -> dict:
+    """The manifest's "refine" settings: the fields of `cfg` as they were hashed before `pipeline`
+    and `engine` were fields, so existing folders keep their hash: `pipeline` is a key of its own
+    beside "refine", and `engine` appears only as its fields that differ from the preset's (an
+    override that changes nothing is no other configuration)."""
+    fields = asdict(cfg)
+    del fields["pipeline"], fields["engine"]
+    overrides = cfg.engine_overrides()
+    if overrides:
+        fields["engine"] = overrides
+    return fields
+
+
 def refine_config_hash(
     cfg: RefineConfig,
     model_cfg: ModelConfig | None,
-    pipeline: str = "reference",
+    pipeline: str | None = None,
     *,
     model_dtype: str = "float32",
 ) -> str:
@@ -133,13 +148,21 @@ def _hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def config_from_fields(fields: dict, pipeline: str) -> RefineConfig:
+    """RefineConfig from a manifest's "refine" settings (`refine_fields`) and its "pipeline"."""
+    fields = dict(fields)
+    overrides = fields.pop("engine", None)
+    cfg = RefineConfig(**fields, pipeline=pipeline)
+    return replace(cfg, engine=replace(PRESETS[cfg.preset], **overrides)) if overrides else cfg
+
+
 def _legacy_settings(config: dict) -> dict:
     """The hashed settings of a schema-1 manifest, rebuilt from its "config" (refine, model,
     pipeline as written by the landed code) so a mismatch can name fields; raw when that fails."""
     try:
         model = config.get("model")
         model_cfg = ModelConfig(**model) if model else None
-        return refine_settings(RefineConfig(**config["refine"]), model_cfg, config["pipeline"])
+        return refine_settings(config_from_fields(config["refine"], config["pipeline"]), model_cfg)
     except (KeyError, TypeError, ValueError):
         return config
 
@@ -334,9 +357,7 @@ def _failed(error: str, trace: str, attempts: int) -> dict:
     return {"status": "failed", "error": error, "traceback": trace, "attempts": attempts}
 
 
-def process_video(
-    refiner: Refiner, job: VideoJob, out: Path, retries: int, bar: tqdm | None = None
-) -> dict:
+def process_video(refiner: Refiner, job: VideoJob, out: Path, retries: int, bar: tqdm | None = None) -> dict:
     """Refine one video into OUT/.partial/<video>, then move it to OUT/<video>; the manifest entry
     (never raises, except KeyboardInterrupt after dropping the partial video). A DataError (bad
     input) fails at once: the same bytes fail the same way. Other errors are retried `retries`
@@ -433,14 +454,14 @@ def _plan(
     return todo, skipped, redo
 
 
-def _ray_model_dtype(cfg: RefineConfig, model_cfg: ModelConfig | None, pipeline: str) -> str:
+def _ray_model_dtype(cfg: RefineConfig, model_cfg: ModelConfig | None) -> str:
     """The model dtype Ray actors will run (the driver builds no refiner): a preset's bf16 model
     on CUDA unless --device cpu. On a cluster without GPUs the actors run fp32 and the folder is
     keyed bf16: a later fp32 run is refused as another configuration, never mixed in."""
-    if pipeline != "fast" or cfg.masks == "superpixel" or model_cfg is None:
+    if cfg.pipeline != "fast" or cfg.masks == "superpixel" or model_cfg is None:
         return "float32"
     device = "cpu" if model_cfg.device == "cpu" else "cuda"
-    return "bfloat16" if PRESETS[cfg.preset].use_bf16(device) else "float32"
+    return "bfloat16" if cfg.fast_engine().use_bf16(device) else "float32"
 
 
 def refine_jobs(
@@ -450,20 +471,15 @@ def refine_jobs(
     model_cfg: ModelConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    runner: str = "local",
-    retries: int = 1,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    pipeline: str = "reference",
+    run: RunConfig = RunConfig(),
     protect: Sequence[Input] = (),
 ) -> RefineReport:
-    """Refine every job not already done in OUT (manifest), with the `local` or `ray` runner and
-    the `reference` or `fast` pipeline. Nothing is written before --out is found clear of every
+    """Refine every job not already done in OUT (manifest), with cfg.pipeline (`reference` or
+    `fast`) and run.runner (`local` or `ray`). Nothing is written before --out is found clear of every
     input (`protect`: named by the CLI's flags; then each job's folders), writable, and locked
     for this run; each refusal is an OutputError (a DataError: exit 2 at the CLI)."""
     out = Path(out)
-    if runner not in ("local", "ray"):
-        raise ValueError(f"unknown runner {runner!r}; expected local or ray")
+    runner = run.runner
     uses_model = cfg.masks != "superpixel" and model_cfg is not None
     ckpt_path = Path(model_cfg.checkpoint) if uses_model and not model_cfg.random_weights else None
     if ckpt_path is not None and not ckpt_path.is_file():
@@ -476,16 +492,16 @@ def refine_jobs(
     lock = outdir.OutputLock(out)
     lock.acquire()
     try:
-        refiner = Refiner.build(cfg, model_cfg, pipeline) if runner == "local" else None
+        refiner = Refiner.build(cfg, model_cfg) if runner == "local" else None
         ckpt = outdir.file_record(ckpt_path) if ckpt_path is not None else None
-        dtype = refiner.model_dtype if refiner is not None else _ray_model_dtype(cfg, model_cfg, pipeline)
-        settings = refine_settings(cfg, model_cfg, pipeline, dtype)
+        dtype = refiner.model_dtype if refiner is not None else _ray_model_dtype(cfg, model_cfg)
+        settings = refine_settings(cfg, model_cfg, model_dtype=dtype)
         first = (jobs[0].video, jobs[0].decoder) if jobs else None
-        header = run_header(refiner, cfg, model_cfg, pipeline, runner, first, ckpt and ckpt[2])
+        header = run_header(refiner, cfg, model_cfg, runner, first, ckpt and ckpt[2])
         config = {
-            "refine": asdict(cfg),
+            "refine": refine_fields(cfg),
             "model": asdict(model_cfg) if model_cfg else None,
-            "pipeline": pipeline,
+            "pipeline": cfg.pipeline,
         }
         data = {"schema": outdir.SCHEMA, "config_hash": _hash(settings), "settings": settings}
         manifest = outdir.open_manifest(
@@ -505,9 +521,9 @@ def refine_jobs(
             from sam2vss.scale import run_ray
 
             records = {j.name: _record(j, cfg.masks, ckpt_path) for j in todo if j.error is None}
-            results = run_ray(todo, out, cfg, model_cfg, retries, workers, ray_address, progress, pipeline)
+            results = run_ray(todo, out, cfg, model_cfg, run.retries, run.workers, run.ray_address, progress)
         else:
-            results = _run_local(refiner, todo, out, retries, bar, records, cfg.masks, ckpt_path)
+            results = _run_local(refiner, todo, out, run.retries, bar, records, cfg.masks, ckpt_path)
         with bar:
             bar.set_description(f"videos 0/{len(todo)}")
             for k, (name, entry) in enumerate(results, 1):  # the driver is the manifest's only writer

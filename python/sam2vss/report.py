@@ -30,18 +30,19 @@ def run_header(
     refiner: object | None,
     cfg: RefineConfig,
     model_cfg: ModelConfig | None,
-    pipeline: str,
     runner: str,
     video: tuple[Path, str] | None,
     checkpoint_sha256: str | None,
 ) -> dict:
-    """The resolved device, pipeline, preset, backend, kernels, decoder (of `video`: (path,
-    --decoder)), model, checkpoint digest and library versions. The refiner's internals are read
-    defensively: a superpixel refiner has no device, the reference has no kernel ops."""
+    """The resolved device, pipeline, preset (with its engine overrides), backend, kernels, decoder
+    (of `video`: (path, --decoder)), model, checkpoint digest and library versions. The refiner's
+    internals are read defensively: a superpixel refiner has no device, the reference has no kernel
+    ops."""
     uses_model = cfg.masks != "superpixel" and model_cfg is not None
     device = getattr(refiner, "model_device", None)
     if device is None:
         device = resolve_device(model_cfg.device) if uses_model else "cpu (superpixels: no model)"
+    pipeline = cfg.pipeline
     fast = pipeline == "fast" and uses_model  # superpixels run the reference code in both pipelines
     try:
         decoder = choose_decoder(*video) if video else "-"
@@ -56,7 +57,7 @@ def run_header(
     return {
         "device": str(device),
         "pipeline": pipeline,
-        "preset": cfg.preset if fast else "-",
+        "preset": _preset(cfg) if fast else "-",
         "backend": cfg.backend if fast else "-",
         "kernels": getattr(getattr(refiner, "ops", None), "backend", "torch") if fast else "torch",
         "decoder": decoder,
@@ -67,6 +68,12 @@ def run_header(
         "pid": os.getpid(),
         "started": now(),
     }
+
+
+def _preset(cfg: RefineConfig) -> str:
+    """`fast`, or `fast with memory_frames=2` when the engine overrides the preset."""
+    overrides = ", ".join(f"{k}={'none' if v is None else v}" for k, v in cfg.engine_overrides().items())
+    return f"{cfg.preset} with {overrides}" if overrides else cfg.preset
 
 
 def format_header(h: dict) -> str:

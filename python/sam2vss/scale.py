@@ -39,12 +39,11 @@ class RefineActor:
         cfg: RefineConfig,
         model_cfg: ModelConfig | None,
         retries: int,
-        pipeline: str,
     ):
         from sam2vss.engine import Refiner
 
         self.jobs, self.out, self.retries = jobs, Path(out), retries
-        self.refiner = Refiner.build(cfg, model_cfg, pipeline)
+        self.refiner = Refiner.build(cfg, model_cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from sam2vss.refine import process_video
@@ -99,7 +98,6 @@ def run_ray(
     workers: int | None,
     address: str | None,
     progress: bool,
-    pipeline: str = "reference",
 ) -> Iterator[tuple[str, dict]]:
     """Yields (video, manifest entry) as videos finish, in completion order."""
     import ray
@@ -122,7 +120,6 @@ def run_ray(
             "cfg": cfg,
             "model_cfg": model_cfg,
             "retries": retries,
-            "pipeline": pipeline,
         },
         num_cpus=1,
         num_gpus=1 if on_gpu else 0,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from sam2vss.config import RefineConfig
+from sam2vss.config import RefineConfig, check_fields, option
 from sam2vss.data import Dataset, list_frames, read_label_png
 from sam2vss.engine import Refiner
 from sam2vss.labels import IGNORE
@@ -43,25 +43,38 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SegmentorConfig:
-    features: str = "builtin"  # builtin | sam2 | MODULE:CALLABLE
-    masklets: str = "superpixel"  # superpixel | instances | sam2
-    num_classes: int = 124
-    depth: int = 2  # hidden layers of the MLP
-    width: int = 256
-    dropout: float = 0.1
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    class_balance: bool = False  # weight the loss by 1/sqrt(class frequency)
-    purity: float = 0.6  # keep training masklets whose majority GT class covers this fraction
-    frame_stride: int = 1  # use every n-th frame for training
-    seed: int = 0
-    window: int = 8  # masklet windows (masklets=sam2)
-    grid: int = 16  # AMG points per side (masklets=sam2)
-    pred_iou_thresh: float = 0.6  # AMG thresholds of the masklets (masklets=sam2), as the refiner's
-    stability_thresh: float = 0.8
-    image_size: int = 1024  # SAM2 encoder input (features=sam2)
+    features: str = option(
+        "builtin",
+        "encoder: builtin, sam2, or MODULE:CALLABLE returning a (B,3,H,W)->(B,C,h,w) module",
+    )
+    masklets: str = option("superpixel", "masklet source", choices=("superpixel", "instances", "sam2"))
+    num_classes: int = option(124, "classes of the classifier")
+    depth: int = option(2, "hidden layers of the MLP")
+    width: int = option(256, "hidden width of the MLP")
+    dropout: float = option(0.1, "dropout of the MLP")
+    epochs: int = option(30, "training epochs")
+    batch_size: int = option(256, "masklets per batch")
+    lr: float = option(2e-3, "learning rate")
+    weight_decay: float = option(0.01, "weight decay")
+    class_balance: bool = option(False, "weight the loss by 1/sqrt(class frequency)")
+    purity: float = option(0.6, "keep training masklets whose majority GT class covers this fraction")
+    frame_stride: int = option(1, "use every n-th frame for training")
+    seed: int = option(0, "seed of the builtin encoder and the MLP")
+    window: int = option(8, "masklet windows (--masklets sam2)")
+    grid: int = option(16, "AMG points per side (--masklets sam2)", low=1)
+    pred_iou_thresh: float = option(
+        0.6,
+        "AMG predicted-IoU threshold of the masklets (--masklets sam2), as the refiner's",
+        low=0.0,
+        high=1.0,
+    )
+    stability_thresh: float = option(
+        0.8, "AMG stability-score threshold (--masklets sam2)", low=0.0, high=1.0
+    )
+    image_size: int = option(1024, "SAM2 encoder input (--features sam2)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 class BuiltinEncoder(nn.Module):
@@ -201,6 +214,7 @@ def _refiner(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> Refiner | N
     refine_cfg = RefineConfig(
         masks="sam2",
         window=cfg.window,
+        grid=cfg.grid,
         pred_iou_thresh=cfg.pred_iou_thresh,
         stability_thresh=cfg.stability_thresh,
     )
