@@ -30,14 +30,14 @@ def main() -> None:
     a = p.parse_args()
 
     from sam2vss.bench import bench_clip
-    from sam2vss.engine import Refiner
-    from sam2vss.refine import refiner_windows
+    from sam2vss.engine import Pipeline
+    from sam2vss.video import refiner_windows
 
     job = bench_clip(a.data_dir, a.frames, a.masklets, 240, 428)
     cfg = RefineConfig(masks="instances", window=a.frames, preset=a.preset, pipeline=a.pipeline)
     with EmulatedCuda() as emu:
         model = ModelConfig(image_size=256, device=a.device)
-        refiner = Refiner.build(cfg, model)
+        refiner = Pipeline.build(cfg, model)
         window = next(iter(refiner_windows(refiner, job)))[1]
         emu.instrument(refiner)
         refiner.refine_window(window).wait()  # warm-up: one-time uploads and tables

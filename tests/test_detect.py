@@ -154,8 +154,8 @@ def test_shared_keyframe_is_encoded_once(scene):
     """Presets with device preprocessing hand the tracker's keyframe features to detection: the
     image encoder runs once per frame; `exact` runs it once more per window (the image
     predictor's own preprocessing) to stay equal to the reference."""
-    from sam2vss.engine import Refiner
-    from sam2vss.refine import _windows
+    from sam2vss.engine import Pipeline
+    from sam2vss.video import _windows
 
     root, _, _ = scene
     (job,) = dataset_jobs(open_dataset(root), root / "pred_base", "val")
@@ -163,7 +163,7 @@ def test_shared_keyframe_is_encoded_once(scene):
     base = dict(masks="sam2", window=4, grid=4, pred_iou_thresh=0.0, stability_thresh=0.0)
     calls = {}
     for preset in ("exact", "fast"):
-        refiner = Refiner.fast(RefineConfig(**base, preset=preset), MODEL)
+        refiner = Pipeline.fast(RefineConfig(**base, preset=preset), MODEL)
         images = []
         model = refiner.source.model  # detection's model; the tracker's too at full size
         assert model is refiner.tracker.model

@@ -14,13 +14,14 @@ import torch.nn.functional as F
 
 from sam2vss.config import PRESETS, EngineConfig, RefineConfig, SynthConfig
 from sam2vss.data import open_dataset, read_label_png
-from sam2vss.engine import Refiner
+from sam2vss.engine import Pipeline
 from sam2vss.masklets import InstanceMasks
 from sam2vss.model import ModelConfig
 from sam2vss.propagate import BatchedTracker, preprocess
-from sam2vss.refine import _windows, dataset_jobs, refine_jobs
+from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.sources import to_rgb
 from sam2vss.synth import synthesize
+from sam2vss.video import _windows
 
 MODEL = ModelConfig(image_size=256)
 AGREEMENT = 0.999
@@ -35,7 +36,7 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference():
-    return Refiner.reference(RefineConfig(masks="instances", window=7), MODEL)
+    return Pipeline.reference(RefineConfig(masks="instances", window=7), MODEL)
 
 
 def test_batched_propagation_equals_the_per_object_predictor(clip, reference):
@@ -200,7 +201,7 @@ def _window_and_masks(clip, refiner):
 def test_memory_frames_bound_the_state_and_cover_the_model(clip):
     """memory_frames=6 keeps exactly what SAM2 reads within a 7-frame window (6 memory frames,
     the prompt, pointers of all earlier frames): equal logits; memory_frames=2 keeps 2 frames."""
-    exact = Refiner.fast(RefineConfig(masks="instances", window=7), MODEL)
+    exact = Pipeline.fast(RefineConfig(masks="instances", window=7), MODEL)
     images, masks = _window_and_masks(clip, exact)
     tracker = exact.tracker.batched
     with torch.inference_mode():
@@ -222,7 +223,7 @@ def test_memory_frames_bound_the_state_and_cover_the_model(clip):
 
 
 def test_presets_cap_masklets_and_shrink_tracking(clip):
-    fastest = Refiner.fast(RefineConfig(masks="instances", window=7, preset="fastest"), MODEL)
+    fastest = Pipeline.fast(RefineConfig(masks="instances", window=7, preset="fastest"), MODEL)
     assert fastest.tracker.model.image_size == PRESETS["fastest"].track_size(256) == 128
     assert fastest.tracker.batched.memory_frames == PRESETS["fastest"].memory_frames
     ds, pred = clip

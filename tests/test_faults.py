@@ -519,7 +519,8 @@ def test_fault_second_concurrent_run_is_refused(ctx):
     assert manifest["settings"]["refine"]["superpixel_size"] == 64
     for video, entry in manifest["videos"].items():  # the manifest is right about every video
         from sam2vss.data import open_dataset
-        from sam2vss.refine import dataset_jobs, output_digest
+        from sam2vss.refine import dataset_jobs
+        from sam2vss.video import output_digest
 
         job = next(j for j in dataset_jobs(open_dataset(c.root), c.pred, "val") if j.name == video)
         assert entry["status"] == "done" and entry["sha256"] == output_digest(job, c.out)

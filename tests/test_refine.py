@@ -19,8 +19,9 @@ from sam2vss.config import MetricConfig, RefineConfig, SynthConfig
 from sam2vss.data import open_dataset, read_label_png
 from sam2vss.evaluate import evaluate
 from sam2vss.model import ModelConfig
-from sam2vss.refine import _windows, dataset_jobs, refine_jobs
+from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.synth import synthesize
+from sam2vss.video import _windows
 from sam2vss.vote import aggregate, aggregate_logits, decide, paint, paint_order, vote_histogram
 
 C = 6
@@ -103,13 +104,13 @@ def _read_all(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_sam2_amg_masklets_end_to_end(tiny, tmp_path):
-    from sam2vss.engine import Refiner
+    from sam2vss.engine import Pipeline
 
     cfg = RefineConfig(masks="sam2", window=2, grid=4, pred_iou_thresh=0.0, stability_thresh=0.0)
     ds, pred = tiny
     job = dataset_jobs(ds, pred, "val")[0]
     window = next(iter(_windows(job, 2)))[1]
-    masks, areas = Refiner.reference(cfg, MODEL).source.keyframe(window)
+    masks, areas = Pipeline.reference(cfg, MODEL).source.keyframe(window)
     assert len(masks) >= 1 and len(areas) == len(masks)  # lowered thresholds: masks exist
     report = _run(tiny, tmp_path / "out", cfg)
     assert report.done == ["0000_synth5", "0001_synth5"] and not report.failed

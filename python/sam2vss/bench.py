@@ -32,9 +32,10 @@ from tqdm import tqdm
 from sam2vss import model as sam2_model
 from sam2vss.config import RefineConfig, SynthConfig
 from sam2vss.data import open_dataset, read_label_png
-from sam2vss.engine import Refiner
+from sam2vss.engine import Pipeline
 from sam2vss.model import ModelConfig
-from sam2vss.refine import VideoJob, _windows, dataset_jobs, output_names, refine_video, refiner_windows
+from sam2vss.refine import dataset_jobs
+from sam2vss.video import VideoJob, _windows, output_names, refine_video, refiner_windows
 
 
 @dataclass
@@ -100,7 +101,7 @@ def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
 _CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
-def model_floor(refiner: Refiner, job: VideoJob, window: int) -> tuple[float, float]:
+def model_floor(refiner: Pipeline, job: VideoJob, window: int) -> tuple[float, float]:
     """(seconds per frame, FLOPs per frame) of the model stages alone: the image encoder on every
     frame and one batched tracking step per frame, on preprocessed inputs and keyframe masks
     prepared beforehand (untimed). FLOPs are counted on the first window, outside the timing."""
@@ -150,7 +151,7 @@ EMULATED_FIELDS = (
 )  # fmt: skip
 
 
-def _run(refiner: Refiner, job: VideoJob, out: Path, name: str, preset: str, backend: str, emu=None) -> Row:
+def _run(refiner: Pipeline, job: VideoJob, out: Path, name: str, preset: str, backend: str, emu=None) -> Row:
     """A warm-up window of up to WARMUP_FRAMES frames (lazy initialisation, allocator, and the
     compiled backends' graphs for every shape a window meets), then the whole clip through the
     refine loop. With `emu` (an EmulatedCuda), the row gets the emulated device's counts of the
@@ -257,12 +258,12 @@ def _rows(job, model_cfg, windows, compare_reference, runs, progress, masks, emu
             ref_out = Path(tmp) / f"reference_w{w}"
             base = RefineConfig(masks=masks, window=w, **detection)
             if compare_reference:
-                ref = Refiner.reference(base, model_cfg)
+                ref = Pipeline.reference(base, model_cfg)
                 rows.append(_run(ref, job, ref_out, "reference", "-", "-", emu))
                 bar.update()
             for preset, backend in runs:
                 cfg = replace(base, preset=preset, backend=backend)
-                fast = Refiner.fast(cfg, model_cfg, synced_stages=emu is None)
+                fast = Pipeline.fast(cfg, model_cfg, synced_stages=emu is None)
                 out = Path(tmp) / f"{preset}_{backend}_w{w}"
                 row = _run(fast, job, out, "fast", preset, backend, emu)
                 if emu is None:
@@ -339,12 +340,12 @@ def detect_sweep(
         cfg = RefineConfig(masks="sam2", window=1, grid=g, **lowered)
         ref_masks = None
         if compare_reference:
-            ref = Refiner.reference(cfg, model_cfg)
+            ref = Pipeline.reference(cfg, model_cfg)
             ms, ref_masks = _time_detect(lambda ref=ref: ref.source.keyframe(window)[0], repeats)
             rows.append(DetectRow("reference", "-", "-", g, ms, ref_masks.shape[0], 1.0))
             bar.update()
         for preset, backend in runs:
-            fast = Refiner.fast(replace(cfg, preset=preset, backend=backend), model_cfg)
+            fast = Pipeline.fast(replace(cfg, preset=preset, backend=backend), model_cfg)
 
             def detect(fast=fast):
                 with torch.inference_mode(), sam2_model.autocast(fast.device):

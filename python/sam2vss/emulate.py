@@ -174,6 +174,12 @@ class EmulatedCuda:
     `counts` totals every thread; `windows` holds per-window counts of refiners passed to
     `instrument`; `syncs` lists the compute thread's syncs with their call sites."""
 
+    # what emulate_libs.py's patches need of this module, reached through the instance (that
+    # module never imports this one)
+    Error = EmulatedDeviceError
+    is_emulated = staticmethod(_is_emulated)
+    site = staticmethod(_site)
+
     def __init__(self, devices: int = 2, strict: bool = True, nvdec: bool = True, nvjpeg: bool = True):
         if devices < 1:
             raise ValueError(f"EmulatedCuda: devices must be >= 1, got {devices}")

@@ -12,14 +12,8 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 import torch
-
-from sam2vss.emulate import EmulatedDeviceError, _is_emulated, _site
-
-if TYPE_CHECKING:
-    from sam2vss.emulate import EmulatedCuda
 
 
 @contextlib.contextmanager
@@ -42,7 +36,7 @@ class _Stream:
     """torch.cuda.Stream: work is done when enqueued (the CPU computes synchronously)."""
 
     _next = 1
-    emu: EmulatedCuda  # set on the per-emulator subclass
+    emu: object  # the emulate.EmulatedCuda, set on the per-emulator subclass
 
     def __init__(self, device=None, priority: int = 0, **_):
         self.device = self.emu.device("cuda" if device is None else device)
@@ -77,7 +71,7 @@ class _Stream:
 
 
 class _Event:
-    emu: EmulatedCuda  # set on the per-emulator subclass
+    emu: object  # the emulate.EmulatedCuda, set on the per-emulator subclass
 
     def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
         self.recorded = False
@@ -99,7 +93,7 @@ class _Event:
 
 
 @contextlib.contextmanager
-def patched_torch_cuda(emu: EmulatedCuda) -> Iterator[None]:
+def patched_torch_cuda(emu) -> Iterator[None]:
     cuda = torch.cuda
     streams: dict[int, list[_Stream]] = {}
     stream_class = type("Stream", (_Stream,), {"emu": emu})
@@ -189,7 +183,7 @@ def patched_torch_cuda(emu: EmulatedCuda) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def patched_threads(emu: EmulatedCuda) -> Iterator[None]:
+def patched_threads(emu) -> Iterator[None]:
     """Threads started inside the emulator (the decode prefetcher, the PNG writers, eval's
     decode pool) run under its modes too; their counts are kept apart from the compute thread's."""
     run = threading.Thread.run
@@ -203,7 +197,7 @@ def patched_threads(emu: EmulatedCuda) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def patched_libraries(emu: EmulatedCuda) -> Iterator[None]:
+def patched_libraries(emu) -> Iterator[None]:
     from sam2vss import cuda_kernels, sources
 
     with contextlib.ExitStack() as stack:
@@ -229,7 +223,7 @@ def patched_libraries(emu: EmulatedCuda) -> Iterator[None]:
         yield
 
 
-def _nvdec(emu: EmulatedCuda, make):
+def _nvdec(emu, make):
     """torchcodec built with NVDEC: frames decoded on the CPU, born on the requested device."""
 
     class Frames:
@@ -252,37 +246,35 @@ def _nvdec(emu: EmulatedCuda, make):
     return Decoder
 
 
-def _exporter(emu: EmulatedCuda):
+def _exporter(emu):
     """cupy.from_dlpack as torch enforces it: a CUDA tensor on the current device, contiguous
     (a strided view would be read as contiguous by the kernels)."""
 
     def export(t):
-        if not _is_emulated(t):
-            raise EmulatedDeviceError(
-                f"a host tensor {tuple(t.shape)} was passed to a CUDA kernel [{_site()}]"
-            )
+        if not emu.is_emulated(t):
+            raise emu.Error(f"a host tensor {tuple(t.shape)} was passed to a CUDA kernel [{emu.site()}]")
         if t.device.index != emu.current:
             raise BufferError(
                 "Can't export tensors on a different CUDA device index. Expected:"
-                f" {emu.current}. Current tensor device: {t.device.index}. [{_site()}]"
+                f" {emu.current}. Current tensor device: {t.device.index}. [{emu.site()}]"
             )
         if not t.is_contiguous():
-            raise EmulatedDeviceError(f"non-contiguous tensor {tuple(t.shape)} passed to a CUDA kernel")
+            raise emu.Error(f"non-contiguous tensor {tuple(t.shape)} passed to a CUDA kernel")
         return t
 
     return export
 
 
-def _launcher(emu: EmulatedCuda):
+def _launcher(emu):
     """cuda_kernels._launch: one counted launch, computed by the kernel's torch twin."""
 
     def launch(op: str, name: str, n: int, *args, blocks: int | None = None) -> None:
-        devices = {a.device for a in args if _is_emulated(a)}
+        devices = {a.device for a in args if emu.is_emulated(a)}
         if len(devices) > 1:
-            raise EmulatedDeviceError(f"{name}: arguments on several devices {sorted(map(str, devices))}")
+            raise emu.Error(f"{name}: arguments on several devices {sorted(map(str, devices))}")
         emu.count("launches")
         emu.count(f"kernel {name}")
-        plain = [a.elem if _is_emulated(a) else a for a in args]
+        plain = [a.elem if emu.is_emulated(a) else a for a in args]
         with emu.uncounted():
             _KERNELS[name](emu, *plain)
 

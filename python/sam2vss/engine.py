@@ -1,6 +1,6 @@
-"""The refiner: a masklet source, a tracker and vote ops, composed and driven by one loop.
+"""The refiner pipeline: a masklet source, a tracker and vote ops, composed and driven by one loop.
 
-`Refiner.refine_window` is the engine loop (decode and PNG writes overlap it in video.py):
+`Pipeline.refine_window` is the engine loop (decode and PNG writes overlap it in video.py):
     preprocess (the tracker's model input: `exact` resizes with Pillow on the decode thread and
        normalises on the device; the other presets resize + normalise fused on the device)
     -> encode the keyframe, when detection can share it
@@ -13,8 +13,8 @@
        votes, no N x H x W tensor ever built)
     -> the painted uint8 labels copied back once per window (pinned, non-blocking, an event the
        PNG writers wait on).
-Two named constructors pick the parts: `Refiner.reference` = official generator + official
-predictor + plain ops on the host (the oracle and the baseline); `Refiner.fast` = batched
+Two named constructors pick the parts: `Pipeline.reference` = official generator + official
+predictor + plain ops on the host (the oracle and the baseline); `Pipeline.fast` = batched
 detector + batched tracker + kernels on the model's device. Superpixels have no tracker: both
 vote per frame over the partition with the plain ops.
 
@@ -129,9 +129,9 @@ class DetectedMasks:
         return keep_largest(found.masks[nonempty], found.areas[nonempty], self.engine.max_masklets)
 
 
-class Refiner:
-    """Refines one window at a time; build it once (it builds SAM2 once) with `Refiner.build`,
-    `Refiner.reference` or `Refiner.fast`. Parts: `source` (keyframe masklets), `tracker`
+class Pipeline:
+    """Refines one window at a time; build it once (it builds SAM2 once) with `Pipeline.build`,
+    `Pipeline.reference` or `Pipeline.fast`. Parts: `source` (keyframe masklets), `tracker`
     (per-frame logits; None for superpixels), `ops` (aggregate / decide / paint on `device`)."""
 
     def __init__(self, cfg: RefineConfig, source, tracker, ops, device: torch.device, stages: Stages,
@@ -149,7 +149,7 @@ class Refiner:
     @classmethod
     def build(
         cls, cfg: RefineConfig, model_cfg: ModelConfig | None = None, pipeline: str = "fast"
-    ) -> Refiner:
+    ) -> Pipeline:
         """The refiner of `pipeline` (reference or fast)."""
         if pipeline == "reference":
             return cls.reference(cfg, model_cfg)
@@ -158,7 +158,7 @@ class Refiner:
         raise ValueError(f"unknown pipeline {pipeline!r}; expected reference or fast")
 
     @classmethod
-    def reference(cls, cfg: RefineConfig, model_cfg: ModelConfig | None = None) -> Refiner:
+    def reference(cls, cfg: RefineConfig, model_cfg: ModelConfig | None = None) -> Pipeline:
         """The paper's refiner with the official SAM2 classes: the official generator (or the
         instance masks), SAM2VideoPredictor per object, the plain torch vote ops on the host."""
         host = torch.device("cpu")
@@ -178,7 +178,7 @@ class Refiner:
         model_cfg: ModelConfig | None = None,
         synced_stages: bool = False,
         engine: EngineConfig | None = None,
-    ) -> Refiner:
+    ) -> Pipeline:
         """The fast pipeline: the batched detector (or the instance masks), BatchedTracker and the
         kernels, all on the model's device. `engine` overrides cfg's (cfg.fast_engine(): the
         preset's with cfg.engine's overrides); `synced_stages` times stages with device syncs."""

@@ -1,6 +1,6 @@
 """The reference refiner's parts, written with the official SAM2 classes, and the window types.
 
-The reference pipeline (engine.Refiner.reference) is, per non-overlapping window of W frames
+The reference pipeline (engine.Pipeline.reference) is, per non-overlapping window of W frames
 (METRICS.md 8.5): SAM2AutomaticMaskGenerator on the window's first frame (`OfficialAMG`; or the
 dataset's instance masks, masklets.py), then SAM2VideoPredictor (`OfficialTracker`): `init_state`
 on a per-window frame folder, `add_new_mask` per mask and `propagate_in_video` over the window;

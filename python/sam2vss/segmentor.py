@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from sam2vss.config import RefineConfig, check_fields, option
 from sam2vss.data import Dataset, list_frames, read_label_png
-from sam2vss.engine import Refiner
+from sam2vss.engine import Pipeline
 from sam2vss.labels import IGNORE
 from sam2vss.model import ModelConfig
 from sam2vss.reference import Window
@@ -160,7 +160,7 @@ class MLP(nn.Module):
 
 # ---------------------------------------------------------------------------- masklets per frame
 def _masklet_frames(
-    cfg: SegmentorConfig, refiner: Refiner | None, dataset: Dataset, video: str
+    cfg: SegmentorConfig, refiner: Pipeline | None, dataset: Dataset, video: str
 ) -> Iterator[tuple[str, np.ndarray, torch.Tensor, torch.Tensor | None]]:
     """(frame name, RGB frame, (N, H, W) bool masklets, shared SAM2 features or None) per frame.
 
@@ -206,7 +206,7 @@ def _window_masklets(cfg, refiner, source, inst_paths: list[Path], start: int, f
     yield name, img, masks, None
 
 
-def _refiner(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> Refiner | None:
+def _refiner(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> Pipeline | None:
     if cfg.masklets != "sam2":
         return None
     if model_cfg is None:
@@ -218,7 +218,7 @@ def _refiner(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> Refiner | N
         pred_iou_thresh=cfg.pred_iou_thresh,
         stability_thresh=cfg.stability_thresh,
     )
-    return Refiner.reference(refine_cfg, model_cfg)
+    return Pipeline.reference(refine_cfg, model_cfg)
 
 
 def _encoder(cfg: SegmentorConfig, model_cfg: ModelConfig | None) -> nn.Module | None:

@@ -127,7 +127,7 @@ def test_rerun_after_completion_does_no_work(four_videos, tmp_path):
 def test_actor_device(device, gpus, want):
     """--device under --runner ray: each actor's own GPU (cuda:0 inside it), or the CPU."""
     from sam2vss.model import ModelConfig
-    from sam2vss.scale import actor_device
+    from sam2vss.ray_runner import actor_device
 
     cfg, on_gpu = actor_device(ModelConfig(device=device), gpus)
     assert (cfg.device, on_gpu) == want
@@ -138,7 +138,7 @@ def test_actor_device(device, gpus, want):
 )
 def test_actor_device_errors(device, gpus, message):
     from sam2vss.model import ModelConfig
-    from sam2vss.scale import actor_device
+    from sam2vss.ray_runner import actor_device
 
     with pytest.raises(ValueError, match=message):
         actor_device(ModelConfig(device=device), gpus)

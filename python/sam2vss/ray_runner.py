@@ -40,13 +40,13 @@ class RefineActor:
         model_cfg: ModelConfig | None,
         retries: int,
     ):
-        from sam2vss.engine import Refiner
+        from sam2vss.engine import Pipeline
 
         self.jobs, self.out, self.retries = jobs, Path(out), retries
-        self.refiner = Refiner.build(cfg, model_cfg)
+        self.refiner = Pipeline.build(cfg, model_cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from sam2vss.refine import process_video
+        from sam2vss.video import process_video
 
         names, entries = [], []
         for index in batch["index"]:

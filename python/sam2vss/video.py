@@ -1,0 +1,267 @@
+"""The per-video unit: one video's windows decoded, refined and written, beside the engine.
+
+`refine_video` is the loop: decode (a background thread, one window ahead: frames onto the
+refiner's device where the decoder can, base labels validated and uploaded, `exact`'s model-size
+images resized) -> `Pipeline.refine_window` (encode -> detect -> propagate -> aggregate -> vote,
+engine.py) -> sinks (a thread pool writing PNGs atomically while the next window computes).
+`process_video` wraps it for a run: a staged folder OUT/.partial/<video> moved into place when
+complete, bad input (DataError) failing at once, other errors retried, and the manifest entry.
+refine.py (jobs, manifest, runner choice) and the Ray runner (ray_runner.py) call down into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sam2vss import envs, outdir
+from sam2vss.data import (
+    BaseLabels,
+    DataError,
+    list_frames,
+    read_label_png,
+)
+from sam2vss.engine import Pipeline
+from sam2vss.labels import NUM_CLASSES
+from sam2vss.reference import Refined, Window
+from sam2vss.report import masklet_summary
+from sam2vss.sinks import write_label_png
+from sam2vss.sources import Prefetcher, open_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One unit of work: a video's frames, its base predictions, and where outputs go."""
+
+    name: str
+    video: Path  # a frame folder (VSPW origin/) or a video file
+    label_dir: Path  # base predictions S, one PNG per frame
+    label_names: tuple[str, ...]
+    instance_dir: Path | None = None
+    error: str | None = None  # set when the inputs failed validation: reported, never run
+    decoder: str = "auto"  # sources.DECODERS; frame-exact, so not part of the configuration hash
+
+
+def output_names(job: VideoJob) -> list[str]:
+    return [Path(n).stem + ".png" for n in job.label_names]
+
+
+def output_digest(job: VideoJob, out: Path) -> str:
+    """sha256 over a video's output files in frame order (raises FileNotFoundError if one is missing)."""
+    h = hashlib.sha256()
+    for name in output_names(job):
+        h.update(name.encode())
+        h.update(hashlib.sha256((Path(out) / job.name / name).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _windows(
+    job: VideoJob,
+    window: int,
+    device: str | torch.device = "cpu",
+    compute_device: str | torch.device | None = None,
+    prepare=None,
+    num_classes: int = NUM_CLASSES,
+) -> Iterator[tuple[int, Window]]:
+    """The job's windows in order: frames decoded by its source (onto `device` where the backend
+    can), base predictions (validated as read: data.BaseLabels; one uint8 tensor per window on
+    `compute_device`, default `device`, uploaded pinned and non-blocking), `prepare(frames)` (the
+    refiner's model-size images, when it has them) and, for masks="instances", the first frame's
+    instance ids. Runs on the decode thread (Prefetcher), one window ahead of the compute."""
+    names = list(job.label_names)
+    compute_device = torch.device(compute_device or device)
+    read_labels = BaseLabels(job.label_dir, num_classes)
+    with open_source(job.video, job.decoder, device) as source:
+        if len(source) != len(names):
+            raise DataError(
+                f"{job.name}: {job.video} holds {len(source)} frames but {job.label_dir} holds"
+                f" {len(names)} base predictions; there must be one label PNG per frame"
+            )
+        inst_names = list_frames(job.instance_dir) if job.instance_dir is not None else []
+        for start, frames in zip(range(0, len(names), window), source.windows(window), strict=True):
+            stop = start + frames.shape[0]
+            labels = torch.from_numpy(np.stack([read_labels(n) for n in names[start:stop]]))  # one size
+            if compute_device.type == "cuda":
+                labels = labels.pin_memory().to(compute_device, non_blocking=True)
+            inst = None
+            if len(inst_names) == len(names):
+                inst = read_label_png(job.instance_dir / inst_names[start])
+            paths = None if source.paths is None else source.paths[start:stop]
+            images = prepare(frames) if prepare is not None else None
+            yield start, Window(frames, labels, paths, inst, images)
+
+
+def refiner_windows(
+    refiner: Pipeline, job: VideoJob, window: int | None = None, num_classes: int | None = None
+):
+    """`_windows` as `refiner` consumes them: decoded where it wants frames, labels on its device,
+    its model-size images prepared."""
+    return _windows(
+        job,
+        window or refiner.cfg.window,
+        refiner.frames_device,
+        refiner.device,
+        refiner.prepare,
+        num_classes or refiner.cfg.num_classes,
+    )
+
+
+def refine_video(
+    refiner: Pipeline,
+    job: VideoJob,
+    out: Path,
+    num_classes: int,
+    bar: tqdm,
+    window_stats: list[Refined] | None = None,
+) -> int:
+    """Refine one video into OUT/<video>/; returns its frame count.
+
+    The loop: decode (a background thread, one window ahead) -> refine_window -> write (a thread
+    pool, PNG encoding overlapping the next window's compute). `refiner.stages` gets the time the
+    compute thread waited for decode ("decode wait") and for the writers ("write wait");
+    `window_stats` gets each window's Refined (its `.stats`: masklets, coverage, read once the
+    writes are done)."""
+    written = 0
+    for stale in (out / job.name).glob(".*.tmp"):  # left by a killed run: its writes never completed
+        stale.unlink(missing_ok=True)
+    windows = Prefetcher(refiner_windows(refiner, job, num_classes=num_classes))
+    writes: list[Future] = []
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam2vss-write")
+    t_window = time.perf_counter()
+    try:
+        for start, window in windows:
+            refined = refiner.refine_window(window)
+            for t in range(len(refined)):
+                path = out / job.name / (Path(job.label_names[start + t]).stem + ".png")
+                writes.append(pool.submit(_write_frame, path, refined, t, num_classes))
+            if window_stats is not None:  # read after the writes: waiting here would stall the GPU
+                window_stats.append(refined)
+            t0 = time.perf_counter()
+            written += _drain(writes, keep=refiner.cfg.window, bar=bar)
+            now = time.perf_counter()
+            refiner.stages.add("write wait", now - t0)
+            refiner.stages.windows.append((now - t_window, len(window.labels)))
+            t_window = now
+        t0 = time.perf_counter()
+        written += _drain(writes, keep=0, bar=bar)
+        refiner.stages.add("write wait", time.perf_counter() - t0)
+    finally:
+        windows.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        refiner.stages.add("decode wait", windows.wait_s)
+    return written
+
+
+def _write_frame(path: Path, refined: Refined, t: int, num_classes: int) -> None:
+    """On a writer thread: wait for the window's device copy, check, write the PNG atomically."""
+    labels = refined.frame(t)
+    if labels.max(initial=0) >= num_classes:
+        raise RuntimeError(f"{path}: refined label {labels.max()} is outside 0..{num_classes - 1}")
+    write_label_png(path, labels)
+
+
+def _drain(writes: list[Future], keep: int, bar: tqdm) -> int:
+    """Wait for all but the newest `keep` writes (bounding memory at about one window of labels);
+    each finished frame advances the bar and the fault hook."""
+    n = 0
+    while len(writes) > keep:
+        writes.pop(0).result()  # re-raises a write error here, in the compute thread
+        n += 1
+        bar.update()
+        _fault_hook()
+    return n
+
+
+_frames_written = 0
+
+
+def _fault_hook() -> None:
+    """Test hooks, unset in normal use. SAM2VSS_FAULT_EXIT_AFTER=N: exit abruptly after N frames in
+    this process; with SAM2VSS_FAULT_ONCE=PATH only the first process to get there exits (it
+    creates PATH). SAM2VSS_FAULT_PAUSE=PATH: after the first frame, create PATH.paused and wait
+    until PATH exists (a run held mid-video, for the lock and Ctrl-C tests)."""
+    global _frames_written
+    _frames_written += 1
+    if envs.SAM2VSS_FAULT_PAUSE is not None and _frames_written == 1:
+        gate = Path(envs.SAM2VSS_FAULT_PAUSE)
+        Path(f"{gate}.paused").touch()
+        while not gate.exists():
+            time.sleep(0.02)
+    if envs.SAM2VSS_FAULT_EXIT_AFTER is None or _frames_written < envs.SAM2VSS_FAULT_EXIT_AFTER:
+        return
+    if envs.SAM2VSS_FAULT_ONCE is not None:
+        try:
+            Path(envs.SAM2VSS_FAULT_ONCE).touch(exist_ok=False)
+        except FileExistsError:
+            return
+    os._exit(77)  # like a killed worker: no cleanup, no manifest update
+
+
+def _failed(error: str, trace: str, attempts: int) -> dict:
+    return {"status": "failed", "error": error, "traceback": trace, "attempts": attempts}
+
+
+def process_video(refiner: Pipeline, job: VideoJob, out: Path, retries: int, bar: tqdm | None = None) -> dict:
+    """Refine one video into OUT/.partial/<video>, then move it to OUT/<video>; the manifest entry
+    (never raises, except KeyboardInterrupt after dropping the partial video). A DataError (bad
+    input) fails at once: the same bytes fail the same way. Other errors are retried `retries`
+    times."""
+    if job.error is not None:
+        return _failed(job.error, "", 0)
+    bar = bar if bar is not None else tqdm(disable=True)
+    out, c = Path(out), refiner.cfg.num_classes
+    stage = out / outdir.PARTIAL / job.name
+    try:
+        BaseLabels(job.label_dir, c).check_headers(job.label_names)  # mode and size, before compute
+    except DataError as e:
+        return _failed(str(e), traceback.format_exc(), 0)
+    errors: list[tuple[str, str]] = []
+    for attempt in range(1 + retries):
+        shutil.rmtree(stage, ignore_errors=True)
+        windows: list[Refined] = []
+        t0, n0 = time.perf_counter(), bar.n
+        refiner.stages.reset()
+        try:
+            n = refine_video(refiner, job, stage.parent, c, bar, windows)
+            stats = [w.stats for w in windows]  # complete: the writers waited for every copy
+        except Exception as e:  # one bad video never takes down the batch
+            bar.update(n0 - bar.n)  # the attempt's frames are not output
+            if isinstance(e, DataError):  # bad input: the same bytes fail the same way
+                errors.append((str(e), traceback.format_exc()))
+                break
+            log.error("video %s failed (attempt %d of %d): %s", job.name, attempt + 1, 1 + retries, e)
+            errors.append((f"{type(e).__name__}: {e}", traceback.format_exc()))
+            continue
+        except BaseException:  # Ctrl-C: the writers have finished their frames; drop the partial video
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        dt = time.perf_counter() - t0
+        outdir.publish(stage, out / job.name)
+        return {
+            "status": "done",
+            "frames": n,
+            "seconds": round(dt, 3),
+            "fps": round(n / dt, 3),
+            "attempts": attempt + 1,
+            "sha256": output_digest(job, out),
+            "masklets": masklet_summary(stats),
+            # per-frame stage times; "decode wait" and "write wait" are the compute thread blocked
+            "stages_ms_per_frame": refiner.stages.per_frame_ms(n),
+            "decode_wait_share": round(refiner.stages.share("decode wait", dt), 4),
+        }
+    shutil.rmtree(stage, ignore_errors=True)
+    return _failed(*errors[-1], len(errors))
