@@ -16,7 +16,7 @@ Without CUDA (gpu_check.sh --dry-run) only host ops are recorded: kernel counts 
 idle share is null.
 
 Coupling to the package, kept to these names: bench.bench_clip, engine.Pipeline.fast(cfg,
-model_cfg), video._windows(job, window, device), refiner.refine_window(window), and
+model_cfg), video.job_windows(job, window, device), refiner.refine_window(window), and
 refiner.tracker.track, wrapped on the instance to mark frame boundaries.
 """
 
@@ -198,11 +198,11 @@ def profile_preset(a: argparse.Namespace, preset: str, job, trace_dir: Path) -> 
     from sam2vss.config import RefineConfig
     from sam2vss.engine import Pipeline
     from sam2vss.model import ModelConfig
-    from sam2vss.video import _windows
+    from sam2vss.video import job_windows
 
     model_cfg = ModelConfig(name=a.model, image_size=a.image_size)
     refiner = Pipeline.fast(RefineConfig(masks="instances", window=a.window, preset=preset), model_cfg)
-    _, window = next(iter(_windows(job, a.window, refiner.frames_device)))
+    _, window = next(iter(job_windows(job, a.window, refiner.frames_device)))
     if window.frames.shape[0] < a.window:
         raise ValueError(f"--window {a.window}: the clip's first window has {window.frames.shape[0]} frames")
     cuda = refiner.device.type == "cuda"

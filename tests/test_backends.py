@@ -128,13 +128,13 @@ def test_tensorrt_encoder_agrees_with_eager(tmp_path, monkeypatch):
 
 def test_complex_rope_is_detected_in_sams_own_graph(model):
     """The check can fail: SAM2's own RoPE attention exports with complex tensors."""
-    from sam2vss.backends import _complex_nodes
+    from sam2vss.backends import complex_nodes
 
     attn = model.memory_attention.layers[0].self_attn
     x = torch.randn(2, 256, attn.embedding_dim)
     with torch.no_grad():
         ep = torch.export.export(attn.eval(), (x, x, x))
-    assert _complex_nodes(ep)
+    assert complex_nodes(ep)
 
 
 def test_engine_key_follows_the_exported_model(model):

@@ -155,11 +155,11 @@ def test_shared_keyframe_is_encoded_once(scene):
     image encoder runs once per frame; `exact` runs it once more per window (the image
     predictor's own preprocessing) to stay equal to the reference."""
     from sam2vss.engine import Pipeline
-    from sam2vss.video import _windows
+    from sam2vss.video import job_windows
 
     root, _, _ = scene
     (job,) = dataset_jobs(open_dataset(root), root / "pred_base", "val")
-    window = next(iter(_windows(job, 4)))[1]
+    window = next(iter(job_windows(job, 4)))[1]
     base = dict(masks="sam2", window=4, grid=4, pred_iou_thresh=0.0, stability_thresh=0.0)
     calls = {}
     for preset in ("exact", "fast"):

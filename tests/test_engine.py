@@ -21,7 +21,7 @@ from sam2vss.propagate import BatchedTracker, preprocess
 from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.sources import to_rgb
 from sam2vss.synth import synthesize
-from sam2vss.video import _windows
+from sam2vss.video import job_windows
 
 MODEL = ModelConfig(image_size=256)
 AGREEMENT = 0.999
@@ -41,7 +41,7 @@ def reference():
 
 def test_batched_propagation_equals_the_per_object_predictor(clip, reference):
     ds, pred = clip
-    window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
+    window = next(iter(job_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
     masks, _ = reference.source.keyframe(window)
     assert len(masks) >= 3
     official = list(reference.tracker.track(window, masks))
@@ -67,7 +67,7 @@ def test_chunked_memory_attention_equals_one_call(clip, reference, tokens):
     the clip's masklets): the logits of every frame equal the one-call tracker's, and the model's
     own memory attention is back in place afterwards."""
     ds, pred = clip
-    window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
+    window = next(iter(job_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
     masks, _ = reference.source.keyframe(window)
     per_call = tokens // 256  # 256 image tokens per masklet at image size 256
     assert per_call == 1 or len(masks) % per_call, "the split should end in a partial chunk"
@@ -193,7 +193,7 @@ def test_device_preprocessing_keeps_agreement(clip, tmp_path, monkeypatch):
 
 def _window_and_masks(clip, refiner):
     ds, pred = clip
-    window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
+    window = next(iter(job_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
     masks, _ = refiner.source.keyframe(window)
     return refiner.tracker.preprocess(window), masks
 
@@ -227,7 +227,7 @@ def test_presets_cap_masklets_and_shrink_tracking(clip):
     assert fastest.tracker.model.image_size == PRESETS["fastest"].track_size(256) == 128
     assert fastest.tracker.batched.memory_frames == PRESETS["fastest"].memory_frames
     ds, pred = clip
-    window = next(iter(_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
+    window = next(iter(job_windows(dataset_jobs(ds, pred, "val")[0], 7)))[1]
     all_masks, all_areas = InstanceMasks().keyframe(window)
     fastest.source.max_masklets = 2
     masks, areas = fastest.source.keyframe(window)

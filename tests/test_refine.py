@@ -21,7 +21,7 @@ from sam2vss.evaluate import evaluate
 from sam2vss.model import ModelConfig
 from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.synth import synthesize
-from sam2vss.video import _windows
+from sam2vss.video import job_windows
 from sam2vss.vote import aggregate, aggregate_logits, decide, paint, paint_order, vote_histogram
 
 C = 6
@@ -109,7 +109,7 @@ def test_sam2_amg_masklets_end_to_end(tiny, tmp_path):
     cfg = RefineConfig(masks="sam2", window=2, grid=4, pred_iou_thresh=0.0, stability_thresh=0.0)
     ds, pred = tiny
     job = dataset_jobs(ds, pred, "val")[0]
-    window = next(iter(_windows(job, 2)))[1]
+    window = next(iter(job_windows(job, 2)))[1]
     masks, areas = Pipeline.reference(cfg, MODEL).source.keyframe(window)
     assert len(masks) >= 1 and len(areas) == len(masks)  # lowered thresholds: masks exist
     report = _run(tiny, tmp_path / "out", cfg)

@@ -138,7 +138,7 @@ class BucketedEncoder(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------------- export check
-def _complex_nodes(exported) -> list[str]:
+def complex_nodes(exported) -> list[str]:
     bad = []
     for node in exported.graph.nodes:
         val = node.meta.get("val")
@@ -167,7 +167,7 @@ def export_check(
         eager = EncoderOutputs(model.image_encoder)(x)
         got = ep.module()(x)
         report["encoder_max_abs"] = max(float((a - b).abs().max()) for a, b in zip(got, eager, strict=True))
-        report["encoder_complex_nodes"] = _complex_nodes(ep)
+        report["encoder_complex_nodes"] = complex_nodes(ep)
 
         attn = model.memory_attention
         side = model.image_size // 16
@@ -208,7 +208,7 @@ def export_check(
                 if fwd is not None:
                     m.forward = fwd
         report["memory_attention_max_abs"] = float((got - official).abs().max())
-        report["memory_attention_complex_nodes"] = _complex_nodes(ep)
+        report["memory_attention_complex_nodes"] = complex_nodes(ep)
     return report
 
 

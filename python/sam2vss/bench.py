@@ -35,7 +35,7 @@ from sam2vss.data import open_dataset, read_label_png
 from sam2vss.engine import Pipeline
 from sam2vss.model import ModelConfig
 from sam2vss.refine import dataset_jobs
-from sam2vss.video import VideoJob, _windows, output_names, refine_video, refiner_windows
+from sam2vss.video import VideoJob, job_windows, output_names, refine_video, refiner_windows
 
 
 @dataclass
@@ -332,7 +332,7 @@ def detect_sweep(
     """Keyframe detection per AMG grid size (`bench --grid`): the clip's first frame through each
     preset's detector (encode + batched prompts + device NMS) and, with `compare_reference`, the
     official generator on the same frame, which also gives each row its mask IoU."""
-    window = next(iter(_windows(job, 1, sam2_model.resolve_device(model_cfg.device))))[1]
+    window = next(iter(job_windows(job, 1, sam2_model.resolve_device(model_cfg.device))))[1]
     lowered = RANDOM_WEIGHT_DETECTION if model_cfg.random_weights else {}
     rows: list[DetectRow] = []
     bar = tqdm(total=len(grids) * (len(runs) + compare_reference), desc="detect", disable=not progress)

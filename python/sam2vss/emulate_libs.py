@@ -205,7 +205,7 @@ def patched_libraries(emu) -> Iterator[None]:
             _patched(cuda_kernels, available=lambda: True, _launch=_launcher(emu), _ptr=_exporter(emu))
         )
         if emu.nvjpeg:
-            decode_jpeg, decode_image = sources._image_decoders()
+            decode_jpeg, decode_image = sources.image_decoders()
 
             def emulated_decode_jpeg(data, mode=None, device="cpu", **kw):
                 if torch.device(device).type != "cuda":
@@ -216,7 +216,7 @@ def patched_libraries(emu) -> Iterator[None]:
                 return [emu.adopt(im, device) for im in images]
 
             stack.enter_context(
-                _patched(sources, _image_decoders=lambda: (emulated_decode_jpeg, decode_image))
+                _patched(sources, image_decoders=lambda: (emulated_decode_jpeg, decode_image))
             )
         if emu.nvdec and sources.available("torchcodec"):
             stack.enter_context(_patched(sources, _video_decoder=_nvdec(emu, sources._video_decoder)))

@@ -44,7 +44,7 @@ from sam2vss.report import (
     run_header,
     video_line,
 )
-from sam2vss.video import VideoJob, _failed, output_digest, process_video
+from sam2vss.video import VideoJob, failed_entry, output_digest, process_video
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def _run_local(
             try:
                 records[job.name] = _record(job, masks, checkpoint)
             except (DataError, OSError) as e:
-                yield job.name, _failed(str(e), traceback.format_exc(), 0)
+                yield job.name, failed_entry(str(e), traceback.format_exc(), 0)
                 continue
         yield job.name, process_video(refiner, job, out, retries, bar)
 

@@ -274,7 +274,7 @@ class FrameSource(_Source):
         return SourceInfo(len(names), None, first.shape[2], first.shape[3])
 
     def _decode(self, start: int, stop: int) -> torch.Tensor:
-        decode_jpeg, decode_image = _image_decoders()
+        decode_jpeg, decode_image = image_decoders()
         paths = self.paths[start:stop]
         data = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
         try:
@@ -295,7 +295,7 @@ class FrameSource(_Source):
         return torch.stack(images)
 
 
-def _image_decoders():
+def image_decoders():
     """torchcodec's image decoders (torchvision 0.29 deprecates its own in their favour), else
     torchvision.io's; both batch JPEGs through nvJPEG on cuda and equal Pillow's output exactly."""
     if available("torchcodec"):

@@ -69,7 +69,7 @@ def output_digest(job: VideoJob, out: Path) -> str:
     return h.hexdigest()
 
 
-def _windows(
+def job_windows(
     job: VideoJob,
     window: int,
     device: str | torch.device = "cpu",
@@ -108,9 +108,9 @@ def _windows(
 def refiner_windows(
     refiner: Pipeline, job: VideoJob, window: int | None = None, num_classes: int | None = None
 ):
-    """`_windows` as `refiner` consumes them: decoded where it wants frames, labels on its device,
+    """`job_windows` as `refiner` consumes them: decoded where it wants frames, labels on its device,
     its model-size images prepared."""
-    return _windows(
+    return job_windows(
         job,
         window or refiner.cfg.window,
         refiner.frames_device,
@@ -211,7 +211,7 @@ def _fault_hook() -> None:
     os._exit(77)  # like a killed worker: no cleanup, no manifest update
 
 
-def _failed(error: str, trace: str, attempts: int) -> dict:
+def failed_entry(error: str, trace: str, attempts: int) -> dict:
     return {"status": "failed", "error": error, "traceback": trace, "attempts": attempts}
 
 
@@ -221,14 +221,14 @@ def process_video(refiner: Pipeline, job: VideoJob, out: Path, retries: int, bar
     input) fails at once: the same bytes fail the same way. Other errors are retried `retries`
     times."""
     if job.error is not None:
-        return _failed(job.error, "", 0)
+        return failed_entry(job.error, "", 0)
     bar = bar if bar is not None else tqdm(disable=True)
     out, c = Path(out), refiner.cfg.num_classes
     stage = out / outdir.PARTIAL / job.name
     try:
         BaseLabels(job.label_dir, c).check_headers(job.label_names)  # mode and size, before compute
     except DataError as e:
-        return _failed(str(e), traceback.format_exc(), 0)
+        return failed_entry(str(e), traceback.format_exc(), 0)
     errors: list[tuple[str, str]] = []
     for attempt in range(1 + retries):
         shutil.rmtree(stage, ignore_errors=True)
@@ -264,4 +264,4 @@ def process_video(refiner: Pipeline, job: VideoJob, out: Path, retries: int, bar
             "decode_wait_share": round(refiner.stages.share("decode wait", dt), 4),
         }
     shutil.rmtree(stage, ignore_errors=True)
-    return _failed(*errors[-1], len(errors))
+    return failed_entry(*errors[-1], len(errors))
