@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import checks
 import oracle
 from helpers import random_video, write_dataset
 from sam2vss.config import MetricConfig
@@ -19,21 +20,11 @@ from sam2vss.kernels import kernel_ops
 from sam2vss.metrics import VideoMetrics, label_band, summarize
 from sam2vss.metrics_reference import evaluate_reference
 
-TOL = 1e-9
 KEYS = ("miou", "miou_present", "fwiou", "mbiou", "mvc8", "mvc16", "windows8", "windows16")
 
 
 def assert_metrics_equal(got: dict, want: dict, label: str) -> None:
-    bad = []
-    for k in KEYS:
-        a, b = got[k], want[k]
-        if isinstance(b, float) and math.isnan(b):
-            ok = isinstance(a, float) and math.isnan(a)
-        else:
-            ok = abs(a - b) <= TOL
-        if not ok:
-            bad.append(f"{k}: got {a!r}, want {b!r}")
-    assert not bad, f"{label}: " + "; ".join(bad)
+    checks.assert_metrics_equal(got, want, label, keys=KEYS, atol=checks.METRIC_ATOL)
 
 
 # Video lengths around the skip rule (16) and the window sizes; odd sizes; 1-frame video.
