@@ -10,8 +10,6 @@ JPEG folder (VSPW layout). Each backend's frames are first checked equal to PyAV
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from PIL import Image
 
 from sam2vss.config import VIDEO_BACKENDS
+from sam2vss.hardware import environment, result_name
 from sam2vss.sinks import write_json
 from sam2vss.sources import available, open_source
 
@@ -119,8 +118,8 @@ def main() -> None:
         r = rows[-1]
         seq_fps, rnd_fps = r["sequential_fps"], r["random_fps"]
         print(f"{backend:10s} {path.name:16s} sequential {seq_fps:8.1f} fps   random {rnd_fps:7.1f} fps")
-    env = f"{platform.machine()}-{os.cpu_count()}cpu-torch{torch.__version__.split('+')[0]}"
-    out = HERE / "results" / f"decode_{env}.json"
+    env = environment()
+    out = HERE / "results" / result_name("decode")
     write_json(
         out,
         {

@@ -12,28 +12,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-
 from sam2vss.config import MetricConfig, SynthConfig, config_hash
 from sam2vss.data import open_dataset, read_label_png
 from sam2vss.evaluate import evaluate, plan_frames
+from sam2vss.hardware import environment, result_name
 from sam2vss.metrics_reference import evaluate_reference
 from sam2vss.sinks import write_json
 from sam2vss.synth import synthesize
 
 HERE = Path(__file__).resolve().parent
 KEYS = ("miou", "miou_present", "fwiou", "mbiou", "mvc8", "mvc16")
-
-
-def environment() -> str:
-    return f"{platform.machine()}-{os.cpu_count()}cpu-torch{torch.__version__.split('+')[0]}"
 
 
 def decode_floor(dataset, pred_dir, workers: int) -> float:
@@ -109,7 +103,7 @@ def main() -> int:
         "eval_over_floor": eval_s / floor_s,
         "metrics": {k: fast[k] for k in KEYS},
     }
-    out = a.json or HERE / "results" / f"eval_{environment()}.json"
+    out = a.json or HERE / "results" / result_name("eval")
     write_json(out, result)
     print(f"wrote {out}")
     return 0

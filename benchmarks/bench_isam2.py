@@ -10,8 +10,6 @@ evaluates everything with `eval`'s metrics. Writes benchmarks/results/isam2_<env
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 from sam2vss.config import MetricConfig, SynthConfig, config_hash
 from sam2vss.data import open_dataset
 from sam2vss.evaluate import evaluate, format_table
+from sam2vss.hardware import environment, result_name
 from sam2vss.segmentor import SegmentorConfig, segment, train, write_majority_baseline
 from sam2vss.sinks import write_json
 from sam2vss.synth import synthesize
@@ -60,10 +59,10 @@ def main() -> int:
             rows.append((name, evaluate(ds, out, cfg=metric_cfg, progress=False).metrics))
         losses = ckpt["losses"]
         print(f"{masklets}: {ckpt['samples']} training masklets, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    env = f"{platform.machine()}-{os.cpu_count()}cpu"
+    env = environment()
     print(f"\n{a.train_videos} train / {a.videos} val videos x {a.frames} frames at 240x428, {env}")
     print(format_table(rows))
-    write_json(HERE / "results" / f"isam2_{env}.json", {"rows": {n: m for n, m in rows}, "seconds": timings})
+    write_json(HERE / "results" / result_name("isam2"), {"rows": {n: m for n, m in rows}, "seconds": timings})
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from sam2vss.config import MetricConfig
+from sam2vss.hardware import environment, result_name
 from sam2vss.kernels import KernelOps
 from sam2vss.metrics import VCState, Workspace
 from sam2vss.sinks import write_json
@@ -154,7 +154,7 @@ def main() -> int:
     w_host = timed(lambda: window(host, logits, rank, base, gts, cfg), max(1, a.repeats // 2))
     w_twin = timed(lambda: window(twin, logits, rank, base, gts, cfg), max(1, a.repeats // 2))
 
-    env = f"{platform.machine()}-{os.cpu_count()}cpu-torch{torch.__version__.split('+')[0]}"
+    env = environment()
     print(f"\nkernels at {H}x{W}, {a.threads} threads, {env}; copy bandwidth {bandwidth:.1f} GB/s")
     print(f"{'op':28s} {'host ms':>8s} {'torch ms':>9s} {'speedup':>8s} {'GB/s':>6s} {'of copy':>8s}")
     for r in rows:
@@ -167,7 +167,7 @@ def main() -> int:
         f" {w_twin:.2f} s -> {w_twin / w_host:.1f}x"
     )
     write_json(
-        HERE / "results" / f"kernels_{env}.json",
+        HERE / "results" / result_name("kernels"),
         {
             "environment": env,
             "threads": a.threads,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from sam2vss.config import RefineConfig, SynthConfig, config_hash
 from sam2vss.data import open_dataset
+from sam2vss.hardware import environment, result_name
 from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.sinks import write_json
 from sam2vss.synth import synthesize
@@ -74,14 +74,14 @@ def main() -> int:
         s = next((s for s in samples if s[2] >= target), samples[-1])
         rows.append({"percent": pct, "frames": s[2], "seconds": round(s[0], 1), "rss_mib": round(s[1], 1)})
     peak = max(s[1] for s in samples)
-    env = f"{platform.machine()}-{os.cpu_count()}cpu"
+    env = environment()
     print(f"\n{a.frames} frames at 480x854, masks={a.masks}, window={a.window}, {env}")
     print(f"{'progress':>9s} {'frames':>7s} {'seconds':>8s} {'RSS MiB':>8s}")
     for r in rows:
         print(f"{r['percent']:>8d}% {r['frames']:>7d} {r['seconds']:>8.1f} {r['rss_mib']:>8.1f}")
     print(f"peak RSS {peak:.1f} MiB; {report.frames / report.seconds:.2f} frames/s")
     write_json(
-        HERE / "results" / f"memory_{env}.json",
+        HERE / "results" / result_name("memory"),
         {
             "frames": a.frames,
             "masks": a.masks,

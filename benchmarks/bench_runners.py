@@ -2,7 +2,7 @@
 
 Ray is started once before timing (its start-up time is printed separately); each row refines
 every video into a fresh folder and checks the outputs are byte-identical to the local run.
-Writes benchmarks/results/runners_<environment>.json.
+Writes benchmarks/results/runners_ray<version>_<environment>.json.
 
     python benchmarks/bench_runners.py [--videos 4 --frames 24]
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
 import shutil
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from sam2vss.config import RefineConfig, RunConfig, SynthConfig, config_hash
 from sam2vss.data import open_dataset
+from sam2vss.hardware import environment, result_name
 from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.sinks import write_json
 from sam2vss.synth import synthesize
@@ -76,14 +76,15 @@ def main() -> int:
                 "identical_to_local": d == reference,
             }
         )
-    env = f"{platform.machine()}-{os.cpu_count()}cpu-ray{ray.__version__}"
+    env = f"{environment()}, ray {ray.__version__}"
     print(f"\n{a.videos} videos x {a.frames} frames at 240x428, superpixel masklets, {env}")
     print(f"ray.init: {ray_start:.1f} s (not included below)")
     print(f"{'runner':16s} {'seconds':>8s} {'frames/s':>9s}  identical")
     for r in rows:
         print(f"{r['runner']:16s} {r['seconds']:8.2f} {r['fps']:9.2f}  {r['identical_to_local']}")
     write_json(
-        HERE / "results" / f"runners_{env}.json", {"ray_init_seconds": round(ray_start, 2), "rows": rows}
+        HERE / "results" / result_name(f"runners_ray{ray.__version__}"),
+        {"ray_init_seconds": round(ray_start, 2), "rows": rows},
     )
     return 0 if all(r["identical_to_local"] for r in rows) else 1
 

@@ -3,7 +3,7 @@
 # so a rerun fits in a session's 15 device-minutes. Steps, each timed, each under its own time
 # limit and all under one deadline; a failed step is recorded and the next one still runs, and the
 # exit status is nonzero when any step failed:
-#   env      nvidia-smi, interpreter and library versions, the GPU's name (it names the results)
+#   env      nvidia-smi, interpreter and library versions, the GPU's name
 #   install  the carried wheels (wheels/, offline) and this project, editable, fatbins for this GPU
 #   tests    the `gpu` / `cupy` tests (pytest --runslow), junit XML
 #   bench    `sam2vss bench` at image size 1024: Hiera-T random weights, 25 masklets, window 32,
@@ -11,8 +11,9 @@
 #   profile  torch.profiler over 3 steady frames of each preset, summarised (gpu_profile.py)
 # Everything it writes goes under $OUT (the device tool's output folder; ./gpu_check_out when
 # unset), at most 5 files (the tool brings back 8): gpu_check_<name>.log, junit_<name>.xml,
-# bench_<name>.json, profile_<name>.json, profile_<name>.txt. Scratch (the clip, pip targets) goes
-# under $WORK (default a fresh temporary folder).
+# bench_<name>.json, profile_<name>.json, profile_<name>.txt; <name> is sam2vss.hardware's (the GPU
+# and torch, e.g. nvidia-h200-torch2.11.0). Scratch (the clip, pip targets) goes under $WORK
+# (default a fresh temporary folder).
 #
 # --dry-run: the same steps on the CPU at image size 256 with a 3-frame clip of 64x96 and 2
 # masklets (about a minute on 2 cores; tests/test_gpu_check.py runs it in the default suite), time
@@ -174,7 +175,9 @@ main() {
     NAME=dryrun-cpu MASKLETS=2 WINDOW=3 PWINDOW=3 SCALE=3
     SIZE="--image-size 256 --frames 3 --height 64 --width 96"
   else
-    NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -c 'A-Za-z0-9._\n-' '_')
+    # The results' name, e.g. nvidia-h200-torch2.11.0: sam2vss.hardware, read from the source tree
+    # (it imports only torch; the package is not installed yet).
+    NAME=$(PYTHONPATH="$ROOT/python" "$PY" -m sam2vss.hardware cuda 2>/dev/null)
     NAME=${NAME:-unknown-gpu}
     MASKLETS=25 WINDOW=32 PWINDOW=20
     SIZE="--image-size 1024 --frames $FRAMES"

@@ -5,9 +5,12 @@ pads and slices exactly; backend selection fails clearly where it cannot run."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+from checks import AGREEMENT, assert_agreement, assert_error_ratio, assert_max_abs, label_agreement
 from sam2vss.backends import (
     BucketedEncoder,
     EncoderOutputs,
@@ -42,12 +45,13 @@ def test_real_rope_equals_sams_complex_rope(model, which):
     k = torch.randn(3, k_len, kv_dim, generator=g)
     v = torch.randn(3, k_len, kv_dim, generator=g)
     kwargs = {"num_k_exclude_rope": ptr} if ptr else {}
+    attn64 = copy.deepcopy(attn).double()  # float64 compute (freqs_cis stays complex64)
     with torch.no_grad():
         theirs = attn(q, k.clone(), v, **kwargs)
         ours = _real_rope_forward(attn, q, k.clone(), v, **kwargs)
-    err = float((ours - theirs).abs().max())
-    print(f"{which}: real vs complex RoPE max |diff| {err:.2e}")
-    assert err <= ATOL
+        ref = attn64(q.double(), k.double(), v.double(), **kwargs)
+    assert_max_abs(ours, theirs, atol=ATOL, what=f"{which}: real vs complex RoPE")
+    assert_error_ratio(ours, low=theirs, ref=ref, k=2, what=f"{which}: real RoPE vs float64 SAM2")
 
 
 def test_export_reproduces_eager_without_complex_tensors(model):
@@ -68,7 +72,7 @@ def test_bucketed_encoder_pads_and_slices(model):
         one = bucketed(x[:1])
     for key in ("vision_features",):
         assert got[key].shape == want[key].shape
-        assert float((got[key] - want[key]).abs().max()) <= ATOL
+        assert_max_abs(got[key], want[key], atol=ATOL, what=f"bucketed {key}")
     assert [t.shape[0] for t in got["backbone_fpn"]] == [3, 3, 3]
     assert one["vision_features"].shape[0] == 1
     with pytest.raises(ValueError, match="largest bucket"):
@@ -88,7 +92,6 @@ def test_backend_selection_errors(model):
 @pytest.mark.slow
 def test_inductor_backend_agrees_with_eager(tmp_path):
     """torch.compile of the encoder and memory attention (60-120 s of compiling on 2 cores)."""
-    from sam2vss.bench import agreement
     from sam2vss.config import SynthConfig
     from sam2vss.data import open_dataset
     from sam2vss.refine import dataset_jobs, refine_jobs
@@ -103,9 +106,8 @@ def test_inductor_backend_agrees_with_eager(tmp_path):
     for backend in ("eager", "inductor"):
         cfg = RefineConfig(masks="instances", window=4, backend=backend, pipeline="fast")
         refine_jobs([job], tmp_path / backend, cfg, MODEL, progress=False)
-    share = agreement(job, tmp_path / "eager", tmp_path / "inductor")
-    print(f"inductor vs eager label agreement {100 * share:.4f}%")
-    assert share >= 0.999
+    share, _ = label_agreement(tmp_path / "inductor", tmp_path / "eager", "inductor vs eager")
+    assert_agreement(share, AGREEMENT, "inductor vs eager")
 
 
 @pytest.mark.tensorrt

@@ -18,6 +18,7 @@ from functools import cache
 import pytest
 import torch
 
+from checks import assert_equal
 from sam2vss.config import MetricConfig
 from sam2vss.kernels import KernelOps
 from sam2vss.metrics import VCState, Workspace
@@ -62,22 +63,9 @@ def place(x, device: torch.device, strided: bool):
 
 
 def assert_identical(got: torch.Tensor, want: torch.Tensor, device: torch.device, what: str) -> None:
-    """Same device (the inputs'), dtype, shape and values; NaN equals NaN at the same place."""
+    """Same device (the inputs'), then checks.assert_equal: dtype, shape, values, NaN == NaN."""
     assert got.device == device, f"{what}: result on {got.device}, expected the inputs' {device}"
-    assert (got.dtype, got.shape) == (want.dtype, want.shape), (
-        f"{what}: got {got.dtype} {tuple(got.shape)}, expected {want.dtype} {tuple(want.shape)}"
-    )
-    got = got.cpu()
-    same = got == want
-    if got.is_floating_point():
-        same |= got.isnan() & want.isnan()
-    if not same.all():
-        bad = (~same).nonzero()
-        first = tuple(bad[0].tolist())
-        raise AssertionError(
-            f"{what}: {len(bad)} of {got.numel()} entries differ; first at {first}:"
-            f" got {got[first].item()}, expected {want[first].item()}"
-        )
+    assert_equal(got, want, what)
 
 
 def assert_outputs(got, want, device: torch.device, what: str) -> None:

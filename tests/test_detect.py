@@ -12,6 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from checks import (
+    AGREEMENT,
+    SAM2_IOU_ATOL,
+    SAM2_STABILITY_ATOL,
+    assert_agreement,
+    assert_max_abs,
+    label_agreement,
+)
 from sam2vss.config import RefineConfig, SynthConfig
 from sam2vss.data import open_dataset
 from sam2vss.detect import BatchedDetector, mask_boxes, point_grid
@@ -81,9 +89,9 @@ def test_candidates_equal_the_official_generators(scene, grid):
     assert 0 < int(keep.sum()) < keep.numel(), "the threshold must keep some candidates and drop others"
     up = torch.nn.functional.interpolate(low_res[keep][:, None], (h, w), mode="bilinear")[:, 0] > 0
     print(f"grid {grid}: {int(keep.sum())} of {keep.numel()} candidates kept")
-    torch.testing.assert_close(iou[keep], theirs["iou_preds"], rtol=0, atol=1e-5)
-    torch.testing.assert_close(stability[keep], theirs["stability_score"], rtol=0, atol=1e-6)
-    torch.testing.assert_close(pts[keep], theirs["points"].float(), rtol=0, atol=1e-4)
+    assert_max_abs(iou[keep], theirs["iou_preds"], atol=SAM2_IOU_ATOL, what="predicted IoU")
+    assert_max_abs(stability[keep], theirs["stability_score"], atol=SAM2_STABILITY_ATOL, what="stability")
+    assert_max_abs(pts[keep], theirs["points"].float(), atol=1e-4, what="points")
     assert torch.equal(mask_boxes(up), theirs["boxes"].float())
     assert torch.equal(up, torch.from_numpy(np.stack([rle_to_mask(r) for r in theirs["rles"]])))
 
@@ -106,8 +114,10 @@ def test_detection_equals_the_official_generators_output(scene, nms):
         assert r["area"] == int(found.areas[k])
         x, y, bw, bh = r["bbox"]
         assert [x, y, x + bw, y + bh] == found.boxes[k].tolist()
-        assert abs(r["predicted_iou"] - float(found.iou[k])) <= 1e-5
-        assert abs(r["stability_score"] - float(found.stability[k])) <= 1e-6
+    iou = torch.tensor([r["predicted_iou"] for r in records], dtype=found.iou.dtype)
+    stability = torch.tensor([r["stability_score"] for r in records], dtype=found.stability.dtype)
+    assert_max_abs(found.iou, iou, atol=SAM2_IOU_ATOL, what=f"nms {nms}: predicted IoU")
+    assert_max_abs(found.stability, stability, atol=SAM2_STABILITY_ATOL, what=f"nms {nms}: stability")
 
 
 def test_low_resolution_stability_is_the_kernel(scene):
@@ -129,8 +139,6 @@ def test_low_resolution_stability_is_the_kernel(scene):
 
 @pytest.mark.parametrize("nms", [1.0, 0.7])
 def test_fast_pipeline_with_amg_masklets_agrees_with_reference(scene, tmp_path, nms):
-    from sam2vss.bench import agreement
-
     root, _, _ = scene
     cfg = RefineConfig(
         masks="sam2",
@@ -145,9 +153,10 @@ def test_fast_pipeline_with_amg_masklets_agrees_with_reference(scene, tmp_path, 
     ref = refine_jobs([job], tmp_path / "ref", replace(cfg, pipeline="reference"), MODEL, progress=False)
     fast = refine_jobs([job], tmp_path / "fast", replace(cfg, pipeline="fast"), MODEL, progress=False)
     assert ref.frames == fast.frames == 4 and not fast.failed
-    share = agreement(job, tmp_path / "ref", tmp_path / "fast")
-    print(f"AMG masklets, nms {nms}: fast vs reference label agreement {100 * share:.4f}%")
-    assert share >= 0.999
+    share, _ = label_agreement(
+        tmp_path / "fast", tmp_path / "ref", f"AMG masklets, nms {nms}: fast vs reference"
+    )
+    assert_agreement(share, AGREEMENT, f"AMG masklets, nms {nms}")
 
 
 def test_shared_keyframe_is_encoded_once(scene):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from checks import assert_equal
 from sam2vss.config import MetricConfig
 from sam2vss.kernels import KernelOps
 from sam2vss.metrics import VCState, Workspace
@@ -32,12 +33,6 @@ def labels(shape, classes, seed, void=True) -> torch.Tensor:
     if void:
         lab[rng.random((h, w)) < 0.03] = 255
     return torch.from_numpy(lab)
-
-
-def assert_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    if not torch.equal(got, want):
-        diff = (got.long() - want.long()).nonzero()
-        raise AssertionError(f"{what}: {len(diff)} entries differ, first at {diff[0].tolist()}")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -192,9 +187,7 @@ def test_amg_stats_host_equals_torch(b, low):
     got = HOST.amg_stats(logits, 0.0, 0.9, (480, 853))
     want = TORCH.amg_stats(logits, 0.0, 0.9, (480, 853))
     for name, g_, w_ in zip(("stability", "area", "boxes"), got, want, strict=True):
-        assert torch.equal(g_, w_) or (
-            (g_.isnan() == w_.isnan()).all() and torch.equal(g_.nan_to_num(), w_.nan_to_num())
-        ), name
+        assert_equal(g_, w_, f"amg_stats {name} b={b} low={low}")
 
 
 def test_amg_stability_is_sam2s():

@@ -10,29 +10,21 @@ import numpy as np
 import pytest
 import torch
 
+import checks
 import oracle
 from helpers import random_video, write_dataset
 from sam2vss.config import MetricConfig
 from sam2vss.data import open_dataset, read_label_png
 from sam2vss.evaluate import evaluate
+from sam2vss.kernels import kernel_ops
 from sam2vss.metrics import VideoMetrics, label_band, summarize
 from sam2vss.metrics_reference import evaluate_reference
 
-TOL = 1e-9
 KEYS = ("miou", "miou_present", "fwiou", "mbiou", "mvc8", "mvc16", "windows8", "windows16")
 
 
 def assert_metrics_equal(got: dict, want: dict, label: str) -> None:
-    bad = []
-    for k in KEYS:
-        a, b = got[k], want[k]
-        if isinstance(b, float) and math.isnan(b):
-            ok = isinstance(a, float) and math.isnan(a)
-        else:
-            ok = abs(a - b) <= TOL
-        if not ok:
-            bad.append(f"{k}: got {a!r}, want {b!r}")
-    assert not bad, f"{label}: " + "; ".join(bad)
+    checks.assert_metrics_equal(got, want, label, keys=KEYS, atol=checks.METRIC_ATOL)
 
 
 # Video lengths around the skip rule (16) and the window sizes; odd sizes; 1-frame video.
@@ -101,7 +93,7 @@ def test_eval_matches_oracle_on_synthetic_set(tmp_path):
 
 def _run(frames_gt, frames_pred, cfg, raw=None):
     """VideoMetrics on in-memory reduced GT and predictions of one video."""
-    acc = VideoMetrics(cfg, len(frames_gt))
+    acc = VideoMetrics(cfg, len(frames_gt), kernel_ops("cpu"))
     for i, (g, p) in enumerate(zip(frames_gt, frames_pred, strict=True)):
         r = None if raw is None else torch.from_numpy(raw[i])
         acc.update(torch.from_numpy(g), torch.from_numpy(p), r)
@@ -149,7 +141,7 @@ def test_vc_per_window_pooling_weights_long_videos():
     a = _run(_const(1, 20), _const(1, 20), cfg)  # 12 windows of 1.0
     acc = []
     for length, flicker in ((20, False), (30, True)):
-        v = VideoMetrics(cfg, length)
+        v = VideoMetrics(cfg, length, kernel_ops("cpu"))
         for t in range(length):
             p = np.full((6, 8), 1 if (not flicker or t % 2) else 2, np.uint8)
             v.update(torch.full((6, 8), 1, dtype=torch.uint8), torch.from_numpy(p))
@@ -242,7 +234,7 @@ def test_void_mode_drop_and_keep():
 
 
 def test_video_metrics_rejects_extra_frames():
-    acc = VideoMetrics(MetricConfig(num_classes=4), 1)
+    acc = VideoMetrics(MetricConfig(num_classes=4), 1, kernel_ops("cpu"))
     acc.update(torch.zeros((2, 2), dtype=torch.uint8), torch.zeros((2, 2), dtype=torch.uint8))
     with pytest.raises(ValueError, match="more than the announced 1 frames"):
         acc.update(torch.zeros((2, 2), dtype=torch.uint8), torch.zeros((2, 2), dtype=torch.uint8))

@@ -16,8 +16,6 @@ detector and the official generator on the clip's first frame, with the masks ke
 
 from __future__ import annotations
 
-import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -477,8 +475,3 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-
-
-def environment() -> str:
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()}cpu"
-    return f"{platform.machine()}-{gpu}-torch{torch.__version__.split('+')[0]}".replace(" ", "_")

@@ -577,12 +577,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from sam2vss.bench import (
         bench_clip,
         detect_sweep,
-        environment,
         format_detect_rows,
         format_rows,
         plot,
         run_bench,
     )
+    from sam2vss.hardware import environment
+    from sam2vss.model import resolve_device
     from sam2vss.sinks import write_json
 
     cfg = config_from(BenchConfig, a)
@@ -604,14 +605,16 @@ def cmd_bench(a: argparse.Namespace) -> int:
         )
     detect_rows = detect_sweep(job, grids, model_cfg, runs, cfg.compare_reference, progress=not a.quiet)
     clip = f"{cfg.frames} frames at {cfg.height}x{cfg.width}, {cfg.masklets} objects"
-    title = f"{clip}, {a.model} image size {a.image_size}, {environment()}"
+    # Emulated CUDA: the timings are the CPU's, so the CPU names them.
+    env = environment("cpu" if cfg.emulate_cuda else resolve_device(model_cfg.device))
+    title = f"{clip}, {a.model} image size {a.image_size}, {env}"
     print(title)
     if rows:
         print(format_rows(rows, ceiling))
     if detect_rows:
         print(format_detect_rows(detect_rows))
     if a.json:
-        meta = {"environment": environment(), "clip": clip, "model": a.model, "image_size": a.image_size}
+        meta = {"environment": env, "clip": clip, "model": a.model, "image_size": a.image_size}
         meta |= {"masks": cfg.masks, "emulated_cuda": cfg.emulate_cuda}
         result = {"matmul_ceiling_flops": ceiling, "rows": [asdict(r) for r in rows]}
         write_json(a.json, meta | result | {"detect_rows": [asdict(r) for r in detect_rows]})

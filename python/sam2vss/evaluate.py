@@ -129,7 +129,7 @@ def evaluate(
     work = _FrameWork(dataset, cfg, device, ops)
     for frame, (conf, bconf, vc_gt, pred) in _in_order(work, flat, workers):
         if acc is None:
-            acc = VideoMetrics(cfg, len(plan[frame.video]), device, ops=ops)
+            acc = VideoMetrics(cfg, len(plan[frame.video]), ops, device)
         acc.add_counts(conf, bconf)
         acc.update_vc(vc_gt, pred)
         if acc.frames_seen == acc.num_frames:

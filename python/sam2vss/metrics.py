@@ -17,15 +17,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from sam2vss.config import MetricConfig
-
-if TYPE_CHECKING:
-    from sam2vss.kernels import KernelOps
 
 
 @dataclass
@@ -171,26 +168,46 @@ def vc_step(
     return torch.stack(counts) if counts else torch.zeros(0, dtype=torch.int64, device=g.device)
 
 
+class MetricOps(Protocol):
+    """The per-pixel ops VideoMetrics runs: `kernels.KernelOps` (any backend), whose torch twins
+    are this module's `frame_counts` and `vc_step`. A protocol so that this module does not import
+    kernels, which imports those twins."""
+
+    def frame_counts(
+        self, gt: torch.Tensor, pred: torch.Tensor, cfg: MetricConfig, ws: Workspace
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def vc_step(
+        self,
+        g: torch.Tensor,
+        p: torch.Tensor,
+        state: VCState,
+        first: bool,
+        cap: int,
+        ns: list[int],
+        ws: Workspace,
+    ) -> torch.Tensor: ...
+
+
 class VideoMetrics:
     """Accumulates one video's metric counts, frame by frame, on `device`.
 
     update() takes reduced GT (0..C-1, 255 ignore), the prediction (0..C-1, validated by the
     caller at the file boundary) and, for `vc_gt="raw"`, the raw GT; all (H, W) uint8 tensors.
-    Pass one Workspace to successive videos to keep reusing its buffers.
+    `ops` is the caller's backend, usually `kernels.kernel_ops(device)`. Pass one Workspace to
+    successive videos to keep reusing its buffers.
     """
 
     def __init__(
         self,
         cfg: MetricConfig,
         num_frames: int,
+        ops: MetricOps,
         device: torch.device | str = "cpu",
         ws: Workspace | None = None,
-        ops: KernelOps | None = None,
     ):
-        from sam2vss.kernels import kernel_ops  # kernels imports this module's torch twins
-
         self.cfg = cfg
-        self.ops = ops or kernel_ops(device)
+        self.ops = ops
         self.num_frames = num_frames
         self.device = torch.device(device)
         self.ws = ws or Workspace()
