@@ -168,14 +168,13 @@ def test_bench_compares_pipelines(tmp_path, capsys):
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_device_preprocessing_keeps_agreement(clip, tmp_path, monkeypatch):
+def test_device_preprocessing_keeps_agreement(clip, tmp_path):
     """The fused device preprocessing (one uint8 level from Pillow's) against the reference."""
-    monkeypatch.setitem(PRESETS, "device_preprocess", EngineConfig(preprocess="device"))
     ds, pred = clip
     jobs = dataset_jobs(ds, pred, "val")
     cfg = RefineConfig(masks="instances", window=7)
     refine_jobs(jobs, tmp_path / "ref", replace(cfg, pipeline="reference"), MODEL, progress=False)
-    fast = replace(cfg, preset="device_preprocess", pipeline="fast")
+    fast = replace(cfg, pipeline="fast", engine=EngineConfig(preprocess="device"))
     refine_jobs(jobs, tmp_path / "fast", fast, MODEL, progress=False)
     share, _ = label_agreement(tmp_path / "fast", tmp_path / "ref", "device preprocessing vs reference")
     assert_agreement(share, AGREEMENT, "device preprocessing vs reference")

@@ -1,5 +1,9 @@
 """One dispatch for the per-pixel ops: `torch` twin, `host` build or `cupy` (DESIGN.md "Kernels").
 
+Dispatch happens once, when a KernelOps is built: it takes the backend's implementation from a
+table (`_IMPLS`: one class per backend with the same methods, STYLE.md 20), and each op checks
+its inputs and calls it; no op branches on the backend.
+
 The backend is chosen once per device with written-out guards and logged once:
 - CPU tensors: `host` when the native module sam2vss._host imports (it is built by every
   install), else `torch`;
@@ -77,8 +81,244 @@ def _on(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.cuda.device(device)
 
 
+class _TorchOps:
+    """The reference twins, on any device; no host sync (usable on a GPU without CuPy)."""
+
+    def __init__(self, ops: KernelOps):
+        self.ops = ops
+
+    def frame_counts(self, gt, pred, cfg: MetricConfig, ws: Workspace):
+        return frame_counts(gt, pred, cfg, ws)
+
+    def band(self, lab, k: int, pad_border: bool):
+        return label_band(lab, k, pad_border).clone()
+
+    def vc_step(self, g, p, state: VCState, first: bool, cap: int, ns: list[int], ws: Workspace):
+        return vc_step(g, p, state, first, cap, ns, ws)
+
+    def aggregate(self, logits, rank, labels, num_classes: int, by_logit: bool):
+        up = upsample_logits(logits, tuple(labels.shape))
+        masks = up > 0
+        ids = aggregate_logits(up) if by_logit else aggregate_ranked(masks, rank)
+        return ids, vote_counts(masks, labels, num_classes)
+
+    def decide(self, hist):
+        return decide(hist)
+
+    def paint(self, ids, classes, labels):
+        return paint(ids, classes, labels)
+
+    def amg_stats(self, logits, thr: float, offset: float, out_hw: tuple[int, int]):
+        return amg_stats(logits, thr, offset, out_hw)
+
+
+class _HostOps:
+    """The native build of kernels/*.cuh (sam2vss._host) on CPU tensors."""
+
+    def __init__(self, ops: KernelOps):
+        self.ops, self.lib = ops, _host_module()
+
+    def frame_counts(self, gt, pred, cfg: MetricConfig, ws: Workspace):
+        gt, pred = _labels(gt, pred, device_type="cpu")
+        c = cfg.num_classes
+        conf = torch.zeros(c * c, dtype=torch.int64)
+        bconf = torch.zeros((c + 1) ** 2, dtype=torch.int64)
+        h, w = gt.shape
+        self.lib.frame_counts(
+            gt.data_ptr(),
+            pred.data_ptr(),
+            h,
+            w,
+            c,
+            cfg.boundary_kernel,
+            cfg.pad_border,
+            cfg.void_mode == "drop",
+            conf.data_ptr(),
+            bconf.data_ptr(),
+            self.ops.threads,
+        )
+        return conf, bconf
+
+    def band(self, lab, k: int, pad_border: bool):
+        (lab,) = _labels(lab, device_type="cpu")
+        out = torch.empty(lab.shape, dtype=torch.uint8)
+        self.lib.band(
+            lab.data_ptr(), lab.shape[0], lab.shape[1], k, pad_border, out.data_ptr(), self.ops.threads
+        )
+        return out.bool()
+
+    def vc_step(self, g, p, state: VCState, first: bool, cap: int, ns: list[int], ws: Workspace):
+        _check_cap(cap)
+        g, p = _labels(g, p, device_type="cpu")
+        ns_t = torch.tensor(ns, dtype=torch.int64)
+        counts = torch.zeros(2 * len(ns), dtype=torch.int64)
+        self.lib.vc_step(
+            g.data_ptr(),
+            p.data_ptr(),
+            state.prev_gt.data_ptr(),
+            state.prev_pred.data_ptr(),
+            state.run_gt.data_ptr(),
+            state.run_pred.data_ptr(),
+            g.numel(),
+            first,
+            cap,
+            ns_t.data_ptr(),
+            len(ns),
+            counts.data_ptr(),
+            self.ops.threads,
+        )
+        return counts
+
+    def aggregate(self, logits, rank, labels, num_classes: int, by_logit: bool):
+        logits, rank = logits.contiguous(), rank.to(torch.int32).contiguous()
+        _check("aggregate", "cpu", logits=logits, rank=rank, labels=labels)
+        (labels,) = _labels(labels, device_type="cpu")
+        (n, h, w), (big_h, big_w) = logits.shape, labels.shape
+        ids = torch.empty((big_h, big_w), dtype=torch.int32)
+        hist = torch.zeros((n, num_classes), dtype=torch.int64)
+        self.lib.aggregate(
+            logits.data_ptr(),
+            n,
+            h,
+            w,
+            rank.data_ptr(),
+            labels.data_ptr(),
+            big_h,
+            big_w,
+            num_classes,
+            by_logit,
+            ids.data_ptr(),
+            hist.data_ptr(),
+            self.ops.threads,
+        )
+        return ids, hist
+
+    def decide(self, hist):
+        hist = hist.to(torch.int64).contiguous()
+        _check("decide", "cpu", hist=hist)
+        classes = torch.empty(hist.shape[0], dtype=torch.uint8)
+        self.lib.decide(hist.data_ptr(), hist.shape[0], hist.shape[1], classes.data_ptr())
+        return classes
+
+    def paint(self, ids, classes, labels):
+        ids, classes, labels = _paint_args(ids, classes, labels, "cpu")
+        out = torch.empty_like(labels)
+        self.lib.paint(
+            ids.data_ptr(),
+            classes.data_ptr(),
+            labels.data_ptr(),
+            labels.numel(),
+            out.data_ptr(),
+            self.ops.threads,
+        )
+        return out
+
+    def amg_stats(self, logits, thr: float, offset: float, out_hw: tuple[int, int]):
+        logits = _amg_logits(logits)
+        _check("amg_stats", "cpu", logits=logits)
+        b, h, w = logits.shape
+        stability = torch.empty(b, dtype=torch.float32)
+        area = torch.empty(b, dtype=torch.int64)
+        boxes = torch.empty((b, 4), dtype=torch.int32)
+        self.lib.amg_stats(
+            logits.data_ptr(),
+            b,
+            h,
+            w,
+            thr,
+            offset,
+            out_hw[0],
+            out_hw[1],
+            stability.data_ptr(),
+            area.data_ptr(),
+            boxes.data_ptr(),
+            self.ops.threads,
+        )
+        return stability, area, boxes
+
+
+class _CupyOps:
+    """The CUDA kernels through CuPy (cuda_kernels.py), launched on the tensors' device."""
+
+    def __init__(self, ops: KernelOps):
+        self.ops = ops
+
+    def frame_counts(self, gt, pred, cfg: MetricConfig, ws: Workspace):
+        gt, pred = _labels(gt, pred, device_type="cuda")
+        with _on(_check("frame_counts", "cuda", gt=gt, pred=pred)):
+            return cuda_kernels.frame_counts(
+                gt, pred, cfg.num_classes, cfg.boundary_kernel, cfg.pad_border, cfg.void_mode == "drop"
+            )
+
+    def band(self, lab, k: int, pad_border: bool):
+        (lab,) = _labels(lab, device_type="cuda")
+        with _on(lab.device):
+            return cuda_kernels.band(lab, k, pad_border)
+
+    def vc_step(self, g, p, state: VCState, first: bool, cap: int, ns: list[int], ws: Workspace):
+        _check_cap(cap)
+        g, p = _labels(g, p, device_type="cuda")
+        state_tensors = {"prev_gt": state.prev_gt, "prev_pred": state.prev_pred, "run_gt": state.run_gt}
+        with _on(_check("vc_step", "cuda", gt=g, pred=p, run_pred=state.run_pred, **state_tensors)):
+            return cuda_kernels.vc_step(
+                g, p, state.prev_gt, state.prev_pred, state.run_gt, state.run_pred, first, cap, ns,
+                self.ops._window_lengths(ns, g.device),
+            )  # fmt: skip
+
+    def aggregate(self, logits, rank, labels, num_classes: int, by_logit: bool):
+        logits, rank = logits.contiguous(), rank.to(torch.int32).contiguous()
+        device = _check("aggregate", "cuda", logits=logits, rank=rank, labels=labels)
+        (labels,) = _labels(labels, device_type="cuda")
+        with _on(device):
+            return cuda_kernels.aggregate(logits, rank, labels, num_classes, by_logit)
+
+    def decide(self, hist):
+        hist = hist.to(torch.int64).contiguous()
+        with _on(_check("decide", "cuda", hist=hist)):
+            return cuda_kernels.decide(hist)
+
+    def paint(self, ids, classes, labels):
+        ids, classes, labels = _paint_args(ids, classes, labels, "cuda")
+        with _on(labels.device):
+            return cuda_kernels.paint(ids, classes, labels)
+
+    def amg_stats(self, logits, thr: float, offset: float, out_hw: tuple[int, int]):
+        logits = _amg_logits(logits)
+        with _on(_check("amg_stats", "cuda", logits=logits)):
+            return cuda_kernels.amg_stats(logits, thr, offset, out_hw)
+
+
+def _check_cap(cap: int) -> None:
+    if not 1 <= cap <= 255:
+        raise ValueError(f"vc_step: cap must be in 1..255, got {cap}")
+
+
+def _paint_args(ids, classes, labels, device_type: str):
+    """The native paint's arguments, checked: (H, W) int32 ids, uint8 classes and labels."""
+    (labels,) = _labels(labels, device_type=device_type)
+    if ids.shape != labels.shape or ids.dtype != torch.int32:
+        raise ValueError(
+            f"paint: ids must be int32 of shape {tuple(labels.shape)}, got {ids.dtype} {tuple(ids.shape)}"
+        )
+    ids, classes = ids.contiguous(), classes.to(torch.uint8).contiguous()
+    _check("paint", device_type, ids=ids, classes=classes, labels=labels)
+    return ids, classes, labels
+
+
+def _amg_logits(logits):
+    if logits.dtype != torch.float32 or logits.dim() != 3:
+        raise ValueError(
+            f"amg_stats: logits must be (B, h, w) float32, got {logits.dtype} {tuple(logits.shape)}"
+        )
+    return logits.contiguous()
+
+
+_IMPLS = {"torch": _TorchOps, "host": _HostOps, "cupy": _CupyOps}
+
+
 class KernelOps:
-    """The per-pixel ops of one backend; torch is the reference twin of the others."""
+    """The per-pixel ops of one backend; torch is the reference twin of the others. The backend's
+    implementation is picked here, once (`impl`)."""
 
     def __init__(self, backend: str):
         if backend not in BACKENDS:
@@ -96,6 +336,7 @@ class KernelOps:
         self.backend = backend
         self.threads = 1
         self._lengths: dict[tuple, torch.Tensor] = {}
+        self.impl = _IMPLS[backend](self)
 
     def _window_lengths(self, ns: list[int], device: torch.device) -> torch.Tensor:
         """The VC window lengths as a device tensor, uploaded once (not a blocking copy per frame)."""
@@ -108,48 +349,11 @@ class KernelOps:
         self, gt: torch.Tensor, pred: torch.Tensor, cfg: MetricConfig, ws: Workspace
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(C*C,) IoU confusion and ((C+1)^2,) band co-occurrence int64 counts of one frame."""
-        if self.backend == "torch":
-            return frame_counts(gt, pred, cfg, ws)
-        if self.backend == "cupy":
-            gt, pred = _labels(gt, pred, device_type="cuda")
-            with _on(_check("frame_counts", "cuda", gt=gt, pred=pred)):
-                return cuda_kernels.frame_counts(
-                    gt, pred, cfg.num_classes, cfg.boundary_kernel, cfg.pad_border, cfg.void_mode == "drop"
-                )
-        gt, pred = _labels(gt, pred, device_type="cpu")
-        c = cfg.num_classes
-        conf = torch.zeros(c * c, dtype=torch.int64)
-        bconf = torch.zeros((c + 1) ** 2, dtype=torch.int64)
-        h, w = gt.shape
-        _host_module().frame_counts(
-            gt.data_ptr(),
-            pred.data_ptr(),
-            h,
-            w,
-            c,
-            cfg.boundary_kernel,
-            cfg.pad_border,
-            cfg.void_mode == "drop",
-            conf.data_ptr(),
-            bconf.data_ptr(),
-            self.threads,
-        )
-        return conf, bconf
+        return self.impl.frame_counts(gt, pred, cfg, ws)
 
     def band(self, lab: torch.Tensor, k: int, pad_border: bool) -> torch.Tensor:
         """(H, W) bool boundary band of a label map (METRICS.md 8.3)."""
-        if self.backend == "torch":
-            return label_band(lab, k, pad_border).clone()
-        if self.backend == "cupy":
-            (lab,) = _labels(lab, device_type="cuda")
-            with _on(lab.device):
-                return cuda_kernels.band(lab, k, pad_border)
-        (lab,) = _labels(lab, device_type="cpu")
-        out = torch.empty(lab.shape, dtype=torch.uint8)
-        _host_module().band(
-            lab.data_ptr(), lab.shape[0], lab.shape[1], k, pad_border, out.data_ptr(), self.threads
-        )
-        return out.bool()
+        return self.impl.band(lab, k, pad_border)
 
     def vc_step(
         self,
@@ -162,37 +366,7 @@ class KernelOps:
         ws: Workspace,
     ) -> torch.Tensor:
         """Advance the VC run lengths one frame; counts as in metrics.vc_step."""
-        if self.backend == "torch":
-            return vc_step(g, p, state, first, cap, ns, ws)
-        if not 1 <= cap <= 255:
-            raise ValueError(f"vc_step: cap must be in 1..255, got {cap}")
-        if self.backend == "cupy":
-            g, p = _labels(g, p, device_type="cuda")
-            state_tensors = {"prev_gt": state.prev_gt, "prev_pred": state.prev_pred, "run_gt": state.run_gt}
-            with _on(_check("vc_step", "cuda", gt=g, pred=p, run_pred=state.run_pred, **state_tensors)):
-                return cuda_kernels.vc_step(
-                    g, p, state.prev_gt, state.prev_pred, state.run_gt, state.run_pred, first, cap, ns,
-                    self._window_lengths(ns, g.device),
-                )  # fmt: skip
-        g, p = _labels(g, p, device_type="cpu")
-        ns_t = torch.tensor(ns, dtype=torch.int64)
-        counts = torch.zeros(2 * len(ns), dtype=torch.int64)
-        _host_module().vc_step(
-            g.data_ptr(),
-            p.data_ptr(),
-            state.prev_gt.data_ptr(),
-            state.prev_pred.data_ptr(),
-            state.run_gt.data_ptr(),
-            state.run_pred.data_ptr(),
-            g.numel(),
-            first,
-            cap,
-            ns_t.data_ptr(),
-            len(ns),
-            counts.data_ptr(),
-            self.threads,
-        )
-        return counts
+        return self.impl.vc_step(g, p, state, first, cap, ns, ws)
 
     # ------------------------------------------------------------------ refiner ops
     def aggregate(
@@ -205,115 +379,23 @@ class KernelOps:
             raise ValueError(
                 f"aggregate: logits must be (N, h, w) floats, got {logits.dtype} {tuple(logits.shape)}"
             )
-        logits = logits.float()  # bf16 / fp16 logits widen exactly
         if rank.shape != (logits.shape[0],):
             raise ValueError(f"aggregate: rank must be ({logits.shape[0]},), got {tuple(rank.shape)}")
-        n, (big_h, big_w) = logits.shape[0], labels.shape
-        if self.backend == "torch":  # no host sync: usable on a GPU without CuPy
-            up = upsample_logits(logits, (big_h, big_w))
-            masks = up > 0
-            ids = aggregate_logits(up) if by_logit else aggregate_ranked(masks, rank)
-            return ids, vote_counts(masks, labels, num_classes)
-        logits, rank = logits.contiguous(), rank.to(torch.int32).contiguous()
-        device = _check(
-            "aggregate", "cuda" if self.backend == "cupy" else "cpu", logits=logits, rank=rank, labels=labels
-        )
-        if self.backend == "cupy":
-            (labels,) = _labels(labels, device_type="cuda")
-            with _on(device):
-                return cuda_kernels.aggregate(logits, rank, labels, num_classes, by_logit)
-        (labels,) = _labels(labels, device_type="cpu")
-        ids = torch.empty((big_h, big_w), dtype=torch.int32)
-        hist = torch.zeros((n, num_classes), dtype=torch.int64)
-        _host_module().aggregate(
-            logits.data_ptr(),
-            n,
-            logits.shape[1],
-            logits.shape[2],
-            rank.data_ptr(),
-            labels.data_ptr(),
-            big_h,
-            big_w,
-            num_classes,
-            by_logit,
-            ids.data_ptr(),
-            hist.data_ptr(),
-            self.threads,
-        )
-        return ids, hist
+        return self.impl.aggregate(logits.float(), rank, labels, num_classes, by_logit)  # bf16 widens exactly
 
     def decide(self, hist: torch.Tensor) -> torch.Tensor:
         """(N, C) int64 votes -> (N,) uint8 majority classes, ties to the lowest class."""
-        if self.backend == "torch":
-            return decide(hist)
-        hist = hist.to(torch.int64).contiguous()
-        device = _check("decide", "cuda" if self.backend == "cupy" else "cpu", hist=hist)
-        if self.backend == "cupy":
-            with _on(device):
-                return cuda_kernels.decide(hist)
-        classes = torch.empty(hist.shape[0], dtype=torch.uint8)
-        _host_module().decide(hist.data_ptr(), hist.shape[0], hist.shape[1], classes.data_ptr())
-        return classes
+        return self.impl.decide(hist)
 
     def paint(self, ids: torch.Tensor, classes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """R = classes[id] where a masklet won, else the base label; (H, W) uint8."""
-        if self.backend == "torch":
-            return paint(ids, classes, labels)
-        (labels,) = _labels(labels, device_type="cuda" if self.backend == "cupy" else "cpu")
-        if ids.shape != labels.shape or ids.dtype != torch.int32:
-            raise ValueError(
-                f"paint: ids must be int32 of shape {tuple(labels.shape)}, got {ids.dtype} {tuple(ids.shape)}"
-            )
-        ids, classes = ids.contiguous(), classes.to(torch.uint8).contiguous()
-        device = _check("paint", labels.device.type, ids=ids, classes=classes, labels=labels)
-        if self.backend == "cupy":
-            with _on(device):
-                return cuda_kernels.paint(ids, classes, labels)
-        out = torch.empty_like(labels)
-        _host_module().paint(
-            ids.data_ptr(),
-            classes.data_ptr(),
-            labels.data_ptr(),
-            labels.numel(),
-            out.data_ptr(),
-            self.threads,
-        )
-        return out
+        return self.impl.paint(ids, classes, labels)
 
     def amg_stats(
         self, logits: torch.Tensor, thr: float, offset: float, out_hw: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stability, area and output-resolution boxes of (B, h, w) candidate logits (detect.py)."""
-        if self.backend == "torch":
-            return amg_stats(logits, thr, offset, out_hw)
-        if logits.dtype != torch.float32 or logits.dim() != 3:
-            raise ValueError(
-                f"amg_stats: logits must be (B, h, w) float32, got {logits.dtype} {tuple(logits.shape)}"
-            )
-        logits = logits.contiguous()
-        device = _check("amg_stats", "cuda" if self.backend == "cupy" else "cpu", logits=logits)
-        if self.backend == "cupy":
-            with _on(device):
-                return cuda_kernels.amg_stats(logits, thr, offset, out_hw)
-        b, h, w = logits.shape
-        stability = torch.empty(b, dtype=torch.float32)
-        area = torch.empty(b, dtype=torch.int64)
-        boxes = torch.empty((b, 4), dtype=torch.int32)
-        _host_module().amg_stats(
-            logits.data_ptr(),
-            b,
-            h,
-            w,
-            thr,
-            offset,
-            out_hw[0],
-            out_hw[1],
-            stability.data_ptr(),
-            area.data_ptr(),
-            boxes.data_ptr(),
-            self.threads,
-        )
-        return stability, area, boxes
+        return self.impl.amg_stats(logits, thr, offset, out_hw)
 
 
 def select_backend(device: torch.device | str) -> str:
