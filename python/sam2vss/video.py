@@ -130,8 +130,9 @@ def refine_video(
 ) -> int:
     """Refine one video into OUT/<video>/; returns its frame count.
 
-    The loop: decode (a background thread, one window ahead) -> refine_window -> write (a thread
-    pool, PNG encoding overlapping the next window's compute). `refiner.stages` gets the time the
+    The loop: decode (a background thread, one window ahead) -> `refiner.refine_window` (encode
+    -> detect -> propagate -> aggregate -> vote, engine.py) -> sinks (a thread pool, PNG encoding
+    overlapping the next window's compute). `refiner.stages` gets the time the
     compute thread waited for decode ("decode wait") and for the writers ("write wait");
     `window_stats` gets each window's Refined (its `.stats`: masklets, coverage, read once the
     writes are done)."""
