@@ -31,10 +31,10 @@ KEYS = ("miou", "miou_present", "fwiou", "mbiou", "mvc8", "mvc16")
 
 
 def decode_floor(dataset, pred_dir, workers: int) -> float:
-    frames = [f for video in plan_frames(dataset, pred_dir, dataset.videos("val")) for f in video]
+    frames = [f for video in plan_frames(dataset, [pred_dir], dataset.videos("val")) for f in video]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda f: (read_label_png(f.gt), read_label_png(f.pred)), frames))
+        list(pool.map(lambda f: (read_label_png(f.gt), read_label_png(f.preds[0])), frames))
     return time.perf_counter() - t0
 
 

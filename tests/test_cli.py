@@ -63,6 +63,106 @@ def test_eval_json_and_reference_agree(cli_set, tmp_path, capsys):
     assert (a["frames"], a["videos"], a["windows8"], a["windows16"]) == (36, 2, 20, 4)
 
 
+@pytest.fixture(scope="module")
+def second_method(cli_set, tmp_path_factory):
+    """A second prediction folder: the base predictions with the top-left quarter of every frame
+    set to the GT's class there (a method better than the base), in a folder named like a sweep
+    setting (`window=4`) to check that such a path is not read as NAME=DIR."""
+    from sam2vss.data import open_dataset, read_label_png
+    from sam2vss.sinks import write_label_png
+
+    ds = open_dataset(cli_set)
+    out = tmp_path_factory.mktemp("sweep") / "window=4"
+    for video in ds.videos("val"):
+        for name, gt_name in zip(
+            sorted((cli_set / "pred_base" / video).iterdir()), ds.gt_frames(video), strict=True
+        ):
+            pred = read_label_png(name)
+            gt, _ = ds.read_gt(ds.gt_dir(video) / gt_name, 124)
+            h, w = pred.shape
+            quarter = gt[: h // 2, : w // 2]
+            pred[: h // 2, : w // 2] = (quarter.astype(int) % 124).astype(pred.dtype) * (quarter != 255)
+            write_label_png(out / video / name.name, pred)
+    return out
+
+
+def test_eval_compares_methods_with_deltas_equal_to_single_runs(cli_set, second_method, tmp_path, capsys):
+    base_dir = cli_set / "pred_base"
+    single = {}
+    for name, folder in (("base", base_dir), ("refined", second_method)):
+        assert (
+            main(
+                [
+                    "eval",
+                    "-q",
+                    "--data",
+                    str(cli_set),
+                    "--pred",
+                    str(folder),
+                    "--json",
+                    str(tmp_path / f"{name}.json"),
+                ]
+            )
+            == 0
+        )
+        single[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    capsys.readouterr()
+    both, table = tmp_path / "both.json", tmp_path / "both.csv"
+    args = [
+        "eval",
+        "-q",
+        "--data",
+        str(cli_set),
+        "--pred",
+        f"base={base_dir}",
+        "--pred",
+        f"refined={second_method}",
+    ]
+    assert main([*args, "--json", str(both), "--csv", str(table)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert any(line.startswith("base ") for line in lines) and any(
+        line.startswith("refined ") for line in lines
+    )
+    delta_line = next(line for line in lines if line.startswith("refined - base"))
+    got = json.loads(both.read_text())
+    for key in ("miou", "fwiou", "mbiou", "mvc8", "mvc16"):
+        assert got[key] == single["base"][key]  # top-level keys: the first method, as before
+        diff = single["refined"][key] - single["base"][key]
+        assert got["deltas"]["refined - base"][key] == diff  # exactly the two single runs' difference
+        assert f"{100 * diff:+6.2f}" in delta_line
+    assert single["refined"]["miou"] > single["base"]["miou"]
+    methods = {m["name"]: m for m in got["methods"]}
+    assert list(methods) == ["base", "refined"] and methods["refined"]["pred"] == str(second_method)
+    assert methods["refined"]["metrics"]["miou"] == single["refined"]["miou"]
+    iou = [v for v in methods["base"]["class_iou"].values() if v is not None]
+    assert len(methods["base"]["class_iou"]) == 124 and abs(sum(iou) / len(iou) - got["miou"]) < 1e-12
+    assert [v["name"] for v in methods["base"]["videos"]] == ["0000_synth0", "0001_synth0"]
+    assert all(0 <= v["miou"] <= 1 for v in methods["refined"]["videos"])
+    rows = table.read_text().splitlines()
+    assert rows[0].startswith("method,miou") and [r.split(",")[0] for r in rows[1:]] == [
+        "base",
+        "refined",
+        "refined - base",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("preds", "message"),
+    [
+        (["{base}", "{other}"], "several prediction folders need a name each; pass --pred NAME=DIR"),
+        (["a={base}", "a={other}"], "method names repeat (a, a)"),
+        (["a={base}", "{other}"], "several prediction folders need a name each"),
+    ],
+    ids=["bare-repeated", "same-name", "one-unnamed"],
+)
+def test_eval_method_names_are_checked(cli_set, second_method, capsys, preds, message):
+    values = [p.format(base=cli_set / "pred_base", other=second_method) for p in preds]
+    assert main(["eval", "-q", "--data", str(cli_set), *(x for v in values for x in ("--pred", v))]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
 def test_eval_error_is_one_clear_line(cli_set, capsys):
     assert main(["eval", "-q", "--data", str(cli_set), "--pred", str(cli_set / "nope")]) == 2
     err = capsys.readouterr().err
@@ -196,7 +296,7 @@ def _keyword_defaults(fn) -> dict:
 
 
 def test_synth_and_eval_configs_equal_the_library_defaults():
-    from sam2vss.evaluate import evaluate
+    from sam2vss.evaluate import evaluate, evaluate_methods
     from sam2vss.synth import synthesize
 
     a = build_parser().parse_args(CONFIG_COMMANDS["synth"][0])
@@ -207,6 +307,7 @@ def test_synth_and_eval_configs_equal_the_library_defaults():
     kw = _keyword_defaults(evaluate)
     assert kw.pop("cfg") is None and kw.pop("kernels") is None  # None: MetricConfig(); kernels: auto
     assert kw == {"split": a.split, "device": a.device, "workers": a.workers, "progress": not a.quiet}
+    assert _keyword_defaults(evaluate_methods) == _keyword_defaults(evaluate)  # what the CLI calls
 
 
 def test_refine_configs_equal_the_library_defaults():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import textwrap
 import time
@@ -263,10 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
         " (METRICS.md section 8).",
     )
     e.add_argument("--data", type=Path, required=True, help="dataset root (VSPW or VIPSeg layout)")
-    e.add_argument("--pred", type=Path, required=True, help="prediction folder, one subfolder per video")
+    e.add_argument(
+        "--pred",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="prediction folder, one subfolder per video; repeat as NAME=DIR (NAME: letters, digits,"
+        " _.-) to compare methods: one table with each method's delta against the first",
+    )
     e.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
     e.add_argument("--layout", choices=("auto", "vspw", "vipseg"), default="auto", help="dataset layout")
-    e.add_argument("--json", type=Path, help="write the metrics JSON here")
+    e.add_argument("--json", type=Path, help="write the metrics JSON here (a `methods` list per method)")
+    e.add_argument("--csv", type=Path, help="write the table (methods and delta rows) as CSV here")
     e.add_argument("--per-video", action="store_true", help="also print a per-video breakdown")
     e.add_argument("--workers", type=_at_least(1), default=None, help="decode threads (default: all cores)")
     e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -392,36 +401,107 @@ def cmd_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+_METHOD_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def eval_methods(values: list[str]) -> list[tuple[str, Path]]:
+    """--pred values as (name, folder): NAME=DIR where NAME is a plain word, else the whole value
+    is a path (so `OUT/window=4` stays a folder). Several folders need names."""
+    methods = []
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if sep and _METHOD_NAME.fullmatch(name) and folder:
+            methods.append((name, Path(folder)))
+        else:
+            methods.append((None, Path(value)))
+    if len(methods) > 1 and any(name is None for name, _ in methods):
+        unnamed = next(str(d) for name, d in methods if name is None)
+        raise ValueError(
+            f"--pred {unnamed}: several prediction folders need a name each; pass --pred NAME=DIR,"
+            " e.g. --pred base=S/pred_base --pred refined=R"
+        )
+    names = [name or str(folder) for name, folder in methods]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--pred: method names repeat ({', '.join(names)}); give each folder its own NAME")
+    return [(name, folder) for name, (_, folder) in zip(names, methods, strict=True)]
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from sam2vss.data import open_dataset
-    from sam2vss.evaluate import describe_counts, evaluate, format_table
+    from sam2vss.evaluate import describe_counts, evaluate_methods, format_table, metric_deltas
+    from sam2vss.labels import CLASS_NAMES
     from sam2vss.metrics import summarize
     from sam2vss.outdir import check_writable
     from sam2vss.sinks import write_json
 
     cfg = config_from(MetricConfig, a)
+    methods = eval_methods(a.pred)
     device = _device(a.device) if a.device is not None else None
-    if a.json:
-        check_writable(a.json, "--json", is_file=True)  # before the work, not after it
+    for target, flag in ((a.json, "--json"), (a.csv, "--csv")):
+        if target:
+            check_writable(target, flag, is_file=True)  # before the work, not after it
     dataset = open_dataset(a.data, a.layout)
     t0 = time.perf_counter()
     if a.reference:
         from sam2vss.metrics_reference import evaluate_reference
 
-        metrics, videos = evaluate_reference(dataset, a.pred, a.split, cfg, progress=not a.quiet), []
+        results = [
+            (evaluate_reference(dataset, d, a.split, cfg, progress=not a.quiet), None) for _, d in methods
+        ]
     else:
-        result = evaluate(dataset, a.pred, a.split, cfg, device, a.workers, progress=not a.quiet)
-        metrics, videos = result.metrics, result.videos
+        found = evaluate_methods(
+            dataset, [d for _, d in methods], a.split, cfg, device, a.workers, not a.quiet
+        )
+        results = [(r.metrics, r) for r in found]
     dt = time.perf_counter() - t0
-    print(format_table([(str(a.pred), metrics)]))
-    print(describe_counts(metrics) + f"; {metrics['frames'] / dt:.1f} frames/s")
-    if a.per_video and videos:
-        print()
-        print(format_table([(v.name, summarize([v], cfg)) for v in videos], title="per video"))
+    rows = [(name, metrics) for (name, _), (metrics, _) in zip(methods, results, strict=True)]
+    deltas = metric_deltas(rows) if len(rows) > 1 else []
+    print(format_table(rows, deltas=deltas))
+    first = rows[0][1]
+    print(describe_counts(first) + f"; {len(rows) * first['frames'] / dt:.1f} frames/s")
+    for (name, _), (_, result) in zip(methods, results, strict=True):
+        if a.per_video and result is not None:
+            print()
+            title = "per video" + (f" ({name})" if len(methods) > 1 else "")
+            print(format_table([(v.name, summarize([v], cfg)) for v in result.videos], title=title))
     if a.json:
-        write_json(a.json, {**metrics, "config": cfg.__dict__ | {"vc_lengths": list(cfg.vc_lengths)}})
+        entries = []
+        for (name, folder), (metrics, result) in zip(methods, results, strict=True):
+            entry = {"name": name, "pred": str(folder), "metrics": metrics}
+            if result is not None:  # the reference twin returns dataset metrics only
+                iou = result.class_iou(cfg)
+                entry["class_iou"] = {CLASS_NAMES[c]: _nan_none(iou[c]) for c in range(cfg.num_classes)}
+                entry["videos"] = [{"name": v.name} | summarize([v], cfg) for v in result.videos]
+            entries.append(entry)
+        config = cfg.__dict__ | {"vc_lengths": list(cfg.vc_lengths)}
+        write_json(a.json, {**first, "config": config, "methods": entries, "deltas": dict(deltas)})
         print(f"wrote {a.json}")
+    if a.csv:
+        _write_csv(a.csv, rows + deltas)
+        print(f"wrote {a.csv}")
     return 0
+
+
+def _nan_none(v: float) -> float | None:
+    return None if v != v else float(v)
+
+
+def _write_csv(path: Path, rows: list[tuple[str, dict]]) -> None:
+    import csv
+
+    from sam2vss.evaluate import METRIC_COLUMNS
+    from sam2vss.sinks import atomic_write
+
+    keys = [key for _, key in METRIC_COLUMNS]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["method", *keys, "frames", "videos"])
+            for name, m in rows:
+                out.writerow([name, *(m.get(k, "") for k in keys), m.get("frames", ""), m.get("videos", "")])
+
+    atomic_write(path, write)
 
 
 def _device(value: str):

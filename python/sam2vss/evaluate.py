@@ -16,13 +16,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from sam2vss.config import MetricConfig
 from sam2vss.data import Dataset, check_prediction, match_frames, read_label_png
 from sam2vss.kernels import KernelOps, kernel_ops
-from sam2vss.metrics import VideoMetrics, VideoStats, Workspace, summarize
+from sam2vss.metrics import VideoMetrics, VideoStats, Workspace, class_iou, summarize
 from sam2vss.model import use_device
 
 METRIC_COLUMNS = (
@@ -38,35 +39,46 @@ METRIC_COLUMNS = (
 class _Frame:
     video: int
     gt: Path
-    pred: Path
+    preds: tuple[Path, ...]  # one per method
 
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, float | int]
-    videos: list[VideoStats]
+    metrics: dict[str, float | int]  # the dataset metrics (shares in [0, 1]) and counts
+    videos: list[VideoStats]  # per video, in split order
+
+    def class_iou(self, cfg: MetricConfig) -> np.ndarray:
+        """(C,) IoU of each class over the split (NaN where a class is in neither GT nor prediction)."""
+        return class_iou(self.videos, cfg)
 
 
 class _FrameWork:
-    """Per-thread work on one frame: decode, validate, and the order-free metric counts."""
+    """Per-thread work on one frame: decode the GT once and each method's prediction, validate,
+    and the order-free metric counts of each."""
 
     def __init__(self, dataset: Dataset, cfg: MetricConfig, device: torch.device, ops: KernelOps):
         self.dataset, self.cfg, self.device, self.ops = dataset, cfg, device, ops
         self._local = threading.local()
 
-    def __call__(self, frame: _Frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(conf counts, boundary counts, GT for VC, prediction) of one frame."""
+    def __call__(
+        self, frame: _Frame
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """(GT for VC, [(conf counts, boundary counts, prediction) per method]) of one frame."""
         gt, raw = self.dataset.read_gt(frame.gt, self.cfg.num_classes)
-        pred = read_label_png(frame.pred)
-        check_prediction(pred, gt.shape, frame.pred, self.cfg.num_classes)
         if not hasattr(self._local, "ws"):
             self._local.ws = Workspace()
             if self.device.type == "cuda":  # a thread's current device starts at 0; CuPy follows it
                 torch.cuda.set_device(self.device)
-        g, p = self._upload(gt), self._upload(pred)
-        conf, bconf = self.ops.frame_counts(g, p, self.cfg, self._local.ws)
+        g = self._upload(gt)
+        per_method = []
+        for path in frame.preds:
+            pred = read_label_png(path)
+            check_prediction(pred, gt.shape, path, self.cfg.num_classes)
+            p = self._upload(pred)
+            conf, bconf = self.ops.frame_counts(g, p, self.cfg, self._local.ws)
+            per_method.append((conf, bconf, p))
         vc_gt = self._upload(raw) if self.cfg.vc_gt == "raw" else g
-        return conf, bconf, vc_gt, p
+        return vc_gt, per_method
 
     def _upload(self, array) -> torch.Tensor:
         t = torch.from_numpy(array)
@@ -75,14 +87,17 @@ class _FrameWork:
         return t
 
 
-def plan_frames(dataset: Dataset, pred_dir: Path, videos: list[str]) -> list[list[_Frame]]:
-    """Every video's frame pairs, validated (folders, names, counts) before any decoding."""
+def plan_frames(dataset: Dataset, pred_dirs: list[Path], videos: list[str]) -> list[list[_Frame]]:
+    """Every video's frame pairs for each prediction folder, validated (folders, names, counts)
+    before any decoding."""
     plan = []
     for i, video in enumerate(videos):
         gt_names = dataset.gt_frames(video)
-        pred_names = match_frames(gt_names, Path(pred_dir) / video, video)
-        gt_dir, p_dir = dataset.gt_dir(video), Path(pred_dir) / video
-        plan.append([_Frame(i, gt_dir / g, p_dir / p) for g, p in zip(gt_names, pred_names, strict=True)])
+        preds = [
+            [Path(d) / video / p for p in match_frames(gt_names, Path(d) / video, video)] for d in pred_dirs
+        ]
+        gt_dir = dataset.gt_dir(video)
+        plan.append([_Frame(i, gt_dir / g, tuple(p[t] for p in preds)) for t, g in enumerate(gt_names)])
     return plan
 
 
@@ -116,42 +131,83 @@ def evaluate(
 ) -> EvalResult:
     """Metrics of the predictions in `pred_dir` for `split`. `kernels` forces a backend of the
     per-pixel ops (torch, host, cupy); by default it is chosen once per device (kernels.py)."""
+    return evaluate_methods(dataset, [pred_dir], split, cfg, device, workers, progress, kernels)[0]
+
+
+def evaluate_methods(
+    dataset: Dataset,
+    pred_dirs: list[Path],
+    split: str = "val",
+    cfg: MetricConfig | None = None,
+    device: torch.device | str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    kernels: str | None = None,
+) -> list[EvalResult]:
+    """`evaluate` of several prediction folders at once (one result each, in order): each GT frame
+    is decoded once for all of them, and every folder is validated before any decoding."""
     cfg = cfg or MetricConfig()
     device = use_device(str(device) if device is not None else "auto")  # indexed, and current
     workers = workers or os.cpu_count() or 1
     videos = dataset.videos(split)
-    plan = plan_frames(dataset, pred_dir, videos)
+    plan = plan_frames(dataset, list(pred_dirs), videos)
     flat = [f for frames in plan for f in frames]
-    stats: list[VideoStats] = []
-    acc: VideoMetrics | None = None
+    stats: list[list[VideoStats]] = [[] for _ in pred_dirs]
+    accs: list[VideoMetrics] = []
     bar = tqdm(total=len(flat), desc=f"eval {split}", unit="frame", disable=not progress)
     ops = KernelOps(kernels) if kernels else kernel_ops(device)
     work = _FrameWork(dataset, cfg, device, ops)
-    for frame, (conf, bconf, vc_gt, pred) in _in_order(work, flat, workers):
-        if acc is None:
-            acc = VideoMetrics(cfg, len(plan[frame.video]), ops, device)
-        acc.add_counts(conf, bconf)
-        acc.update_vc(vc_gt, pred)
-        if acc.frames_seen == acc.num_frames:
-            stats.append(acc.finish(videos[frame.video]))
-            acc = None
+    for frame, (vc_gt, per_method) in _in_order(work, flat, workers):
+        if not accs:
+            accs = [VideoMetrics(cfg, len(plan[frame.video]), ops, device) for _ in pred_dirs]
+        for acc, (conf, bconf, pred) in zip(accs, per_method, strict=True):
+            acc.add_counts(conf, bconf)
+            acc.update_vc(vc_gt, pred)
+        if accs[0].frames_seen == accs[0].num_frames:
+            for out, acc in zip(stats, accs, strict=True):
+                out.append(acc.finish(videos[frame.video]))
+            accs = []
         bar.update()
     bar.close()
-    return EvalResult(summarize(stats, cfg), stats)
+    return [EvalResult(summarize(s, cfg), s) for s in stats]
 
 
-def format_table(rows: list[tuple[str, dict[str, float | int]]], title: str = "") -> str:
-    """A paper-style table (Table 1 columns) in percent."""
-    width = max([len("method")] + [len(name) for name, _ in rows])
+def metric_deltas(rows: list[tuple[str, dict[str, float | int]]]) -> list[tuple[str, dict[str, float]]]:
+    """Each method after the first against the first: ("B - A", metric differences), the
+    table's delta rows (NaN where either is undefined)."""
+    (first, base), *others = rows
+    return [
+        (
+            f"{name} - {first}",
+            {key: float(m[key]) - float(base[key]) for _, key in METRIC_COLUMNS if key in m},
+        )
+        for name, m in others
+    ]
+
+
+def format_table(
+    rows: list[tuple[str, dict[str, float | int]]],
+    title: str = "",
+    deltas: list[tuple[str, dict[str, float]]] = (),
+) -> str:
+    """A paper-style table (Table 1 columns) in percent; `deltas` rows (metric_deltas) below a rule,
+    in percentage points with a sign."""
+    width = max([len("method")] + [len(name) for name, _ in [*rows, *deltas]])
     head = f"{'method':<{width}}  " + "  ".join(f"{c:>6}" for c, _ in METRIC_COLUMNS)
     lines = [title] if title else []
     lines += [head, "-" * len(head)]
-    for name, m in rows:
+
+    def line(name: str, m: dict, fmt: str) -> str:
         cells = []
         for _, key in METRIC_COLUMNS:
             v = m.get(key, float("nan"))
-            cells.append(f"{100 * v:6.2f}" if v == v else f"{'n/a':>6}")
-        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+            cells.append(format(100 * v, fmt) if v == v else f"{'n/a':>6}")
+        return f"{name:<{width}}  " + "  ".join(cells)
+
+    lines += [line(name, m, "6.2f") for name, m in rows]
+    if deltas:
+        lines.append("-" * len(head))
+        lines += [line(name, m, "+6.2f") for name, m in deltas]
     return "\n".join(lines)
 
 

@@ -286,6 +286,14 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def class_iou(stats: list[VideoStats], cfg: MetricConfig) -> np.ndarray:
+    """(C,) IoU of each class over the videos' summed confusion; NaN when a class is in neither
+    the GT nor the prediction (the mIoU is their nanmean)."""
+    conf = sum((s.conf for s in stats), np.zeros((cfg.num_classes, cfg.num_classes), np.int64))
+    inter = np.diag(conf)
+    return _ratio(inter, conf.sum(1) + conf.sum(0) - inter)
+
+
 def summarize(stats: list[VideoStats], cfg: MetricConfig) -> dict[str, float | int]:
     """Dataset metrics (fractions in [0, 1]) and counts from per-video stats, in split order."""
     c = cfg.num_classes
@@ -295,9 +303,8 @@ def summarize(stats: list[VideoStats], cfg: MetricConfig) -> dict[str, float | i
         conf += s.conf
         bconf += s.bconf
 
-    inter = np.diag(conf)
-    gt_area, pred_area = conf.sum(1), conf.sum(0)
-    iou = _ratio(inter, gt_area + pred_area - inter)  # NaN when the class is in neither
+    gt_area = conf.sum(1)
+    iou = class_iou(stats, cfg)  # NaN when the class is in neither
     present = gt_area > 0
     freq = gt_area / max(int(gt_area.sum()), 1)
 
