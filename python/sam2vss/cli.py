@@ -12,9 +12,11 @@ line on stderr, `sam2vss CMD: error: <file or flag>: <what> <fix>`, with no trac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import sys
+import tempfile
 import textwrap
 import time
 import traceback
@@ -276,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layout", choices=("auto", "vspw", "vipseg"), default="auto", help="dataset layout")
     e.add_argument("--json", type=Path, help="write the metrics JSON here (a `methods` list per method)")
     e.add_argument("--csv", type=Path, help="write the table (methods and delta rows) as CSV here")
+    e.add_argument(
+        "--pred-format",
+        choices=("semantic", "vps"),
+        default="semantic",
+        help="semantic: label PNGs DIR/<video>/<frame>.png; vps: video-panoptic predictions as DVIS /"
+        " DVIS++ / CAVIS write them (DIR/pan_pred/<video>/*.png + DIR/pred.json), converted to class"
+        " maps (METRICS.md 5.3; unclaimed pixels take the nearest segment's class)",
+    )
     e.add_argument("--per-video", action="store_true", help="also print a per-video breakdown")
     e.add_argument("--workers", type=_at_least(1), default=None, help="decode threads (default: all cores)")
     e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -428,11 +438,7 @@ def eval_methods(values: list[str]) -> list[tuple[str, Path]]:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from sam2vss.data import open_dataset
-    from sam2vss.evaluate import describe_counts, evaluate_methods, format_table, metric_deltas
-    from sam2vss.labels import CLASS_NAMES
-    from sam2vss.metrics import summarize
     from sam2vss.outdir import check_writable
-    from sam2vss.sinks import write_json
 
     cfg = config_from(MetricConfig, a)
     methods = eval_methods(a.pred)
@@ -441,17 +447,33 @@ def cmd_eval(a: argparse.Namespace) -> int:
         if target:
             check_writable(target, flag, is_file=True)  # before the work, not after it
     dataset = open_dataset(a.data, a.layout)
+    with contextlib.ExitStack() as stack:
+        folders = [d for _, d in methods]
+        if a.pred_format == "vps":  # converted once into a temporary semantic folder per method
+            from sam2vss.panoptic import convert_vps
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sam2vss_vps_")))
+            for k, folder in enumerate(folders):
+                convert_vps(folder, tmp / str(k), cfg.num_classes, progress=not a.quiet)
+            folders = [tmp / str(k) for k in range(len(folders))]
+        return _eval_run(a, cfg, dataset, methods, folders, device)
+
+
+def _eval_run(a, cfg, dataset, methods, folders, device) -> int:
+    from sam2vss.evaluate import describe_counts, evaluate_methods, format_table, metric_deltas
+    from sam2vss.labels import CLASS_NAMES
+    from sam2vss.metrics import summarize
+    from sam2vss.sinks import write_json
+
     t0 = time.perf_counter()
     if a.reference:
         from sam2vss.metrics_reference import evaluate_reference
 
         results = [
-            (evaluate_reference(dataset, d, a.split, cfg, progress=not a.quiet), None) for _, d in methods
+            (evaluate_reference(dataset, d, a.split, cfg, progress=not a.quiet), None) for d in folders
         ]
     else:
-        found = evaluate_methods(
-            dataset, [d for _, d in methods], a.split, cfg, device, a.workers, not a.quiet
-        )
+        found = evaluate_methods(dataset, folders, a.split, cfg, device, a.workers, not a.quiet)
         results = [(r.metrics, r) for r in found]
     dt = time.perf_counter() - t0
     rows = [(name, metrics) for (name, _), (metrics, _) in zip(methods, results, strict=True)]
