@@ -21,13 +21,12 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
 
 
-def write_vps(root: Path, videos: dict[str, list[tuple[np.ndarray, list[dict]]]]) -> Path:
-    """DIR/pan_pred/<video>/<frame>.png + DIR/pred.json from (segment-id map, segments) frames."""
+def write_vps(root: Path, videos: dict[str, list[tuple[str, np.ndarray, list[dict]]]]) -> Path:
+    """DIR/pan_pred/<video>/<frame>.png + DIR/pred.json from (name, segment-id map, segments)."""
     annotations = []
     for video, frames in videos.items():
         entries = []
-        for t, (ids, segments) in enumerate(frames):
-            name = f"{t:08d}.png"
+        for name, ids, segments in frames:
             path = root / "pan_pred" / video / name
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(id2rgb(ids)).save(path)
@@ -152,7 +151,7 @@ def test_bad_folders_name_the_file(tmp_path):
     (tmp_path / "pred.json").write_text("{}")
     with pytest.raises(DataError, match=r"not a VPS pred\.json"):
         convert_vps(tmp_path, tmp_path / "out", C)
-    write_vps(tmp_path, {"v": [(np.array([[5]]), [{"id": 5, "category_id": 1}])]})
+    write_vps(tmp_path, {"v": [("00000000.png", np.array([[5]]), [{"id": 5, "category_id": 1}])]})
     (tmp_path / "pan_pred" / "v" / "00000001.png").write_bytes(
         (tmp_path / "pan_pred" / "v" / "00000000.png").read_bytes()
     )
@@ -167,7 +166,9 @@ def test_eval_of_vps_predictions_equals_eval_of_the_same_semantic_labels(tmp_pat
     from sam2vss.config import SynthConfig
     from sam2vss.synth import synthesize
 
-    root = synthesize(tmp_path / "ds", SynthConfig(videos=2, frames=18, height=40, width=56, train_videos=0))
+    root = synthesize(
+        tmp_path / "ds", SynthConfig(videos=2, frames=18, height=40, width=56, train_videos=0), False
+    )
     rng = np.random.default_rng(0)
     videos = {}
     for video in sorted((root / "pred_base").iterdir()):
@@ -178,7 +179,11 @@ def test_eval_of_vps_predictions_equals_eval_of_the_same_semantic_labels(tmp_pat
             ids = rng.choice(np.arange(1, 2**24), size=classes.size, replace=False)
             pan = ids[np.searchsorted(classes, labels)]
             frames.append(
-                (pan, [{"id": int(i), "category_id": int(c)} for i, c in zip(ids, classes, strict=True)])
+                (
+                    png.name,
+                    pan,
+                    [{"id": int(i), "category_id": int(c)} for i, c in zip(ids, classes, strict=True)],
+                )
             )
         videos[video.name] = frames
     vps = write_vps(tmp_path / "vps", videos)
@@ -193,6 +198,7 @@ def test_eval_of_vps_predictions_equals_eval_of_the_same_semantic_labels(tmp_pat
         out[name] = json.loads((tmp_path / f"{name}.json").read_text())
     for key in ("miou", "fwiou", "mbiou", "mvc8", "mvc16", "frames"):
         assert out["vps"][key] == out["semantic"][key], key
+    capsys.readouterr()
     assert main(["eval", "-q", "--data", str(root), "--pred", str(tmp_path), "--pred-format", "vps"]) == 2
     err = capsys.readouterr().err
     assert "no pan_pred/ folder" in err and len(err.strip().splitlines()) == 1
