@@ -136,3 +136,20 @@ def test_refiners_compose_not_inherit():
 def test_package_base_resolution(src, want):
     classes = {PACKAGE: set(), "m": {"A", "BRefiner"}, "sam2vss.n": {"N"}}
     assert _package_bases(ast.parse(src), "m", classes)["BRefiner"] == want
+
+
+def test_readme_module_table_lists_each_module_once():
+    """README "Architecture": every module of the package exactly once (STYLE.md 2)."""
+    import collections
+    import re
+
+    text = (ROOT.parents[1] / "README.md").read_text()
+    table = text[text.index("| module | role |") : text.index("Native code:")]
+    rows = [row for row in table.splitlines()[2:] if row.startswith("|")]
+    listed = [m for row in rows for m in re.findall(r"`([a-z_]+)\.py`", row.split("|")[1])]
+    modules = {p.stem for p in ROOT.glob("*.py") if not p.stem.startswith("__")}
+    repeated = [m for m, n in collections.Counter(listed).items() if n > 1]
+    assert not repeated, f"README lists these modules more than once: {repeated}"
+    assert set(listed) == modules, (
+        f"missing {sorted(modules - set(listed))}, unknown {sorted(set(listed) - modules)}"
+    )
