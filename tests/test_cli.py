@@ -175,7 +175,24 @@ def test_demo_writes_report(tmp_path, capsys):
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "base (simulated)" in report and "panel_0.png" in report
     assert (tmp_path / "demo" / "panel_1.png").is_file()
-    assert "base (simulated)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (
+        "base (simulated)" in out and "superpixel refiner (SLIC) - base (simulated)" in out
+    )  # the delta row
+    assert "0000_synth0: segments per frame" in report
+
+
+def test_demo_with_random_weights_says_so(tmp_path, capsys):
+    """`demo --checkpoint none --image-size 256`: SAM2 runs (fast, at 256) and the report says its
+    weights are random and how many masklets each window found."""
+    out = tmp_path / "demo"
+    args = ["demo", "-q", "--out", str(out), "--videos", "1", "--frames", "4", "--checkpoint", "none"]
+    assert main([*args, "--image-size", "256"]) == 0
+    report = (out / "report.md").read_text()
+    assert "RANDOM WEIGHTS" in report and "sam2.1_hiera_t at 256" in report
+    assert "0000_synth0: masklets per window " in report
+    assert main(["demo", "-q", "--out", str(tmp_path / "d2"), "--image-size", "256"]) == 2
+    assert "--image-size: only with --checkpoint" in capsys.readouterr().err
 
 
 def test_module_help():

@@ -395,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a SAM2 checkpoint: refine with SAM2 masklets instead of superpixels",
     )
     m.add_argument("--model", default="sam2.1_hiera_t", help="model of --checkpoint (default %(default)s)")
+    m.add_argument(
+        "--image-size",
+        type=_at_least(128),
+        default=None,
+        help="SAM2's input size with --checkpoint (default: the model's 1024; 256 runs random weights"
+        " quickly)",
+    )
     return p
 
 
@@ -730,7 +737,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from sam2vss.demo import run_demo
 
-    model_cfg = None if a.checkpoint is None else ModelConfig(name=a.model, checkpoint=a.checkpoint)
+    model_cfg = None
+    if a.checkpoint is not None:
+        size = {} if a.image_size is None else {"image_size": a.image_size}
+        model_cfg = ModelConfig(name=a.model, checkpoint=a.checkpoint, **size)
+    elif a.image_size is not None:
+        raise ValueError("--image-size: only with --checkpoint (the superpixel demo runs no model)")
     run_demo(a.out, videos=a.videos, frames=a.frames, model_cfg=model_cfg, progress=not a.quiet)
     return 0
 

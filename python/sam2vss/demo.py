@@ -18,7 +18,7 @@ from PIL import Image
 
 from sam2vss.config import MetricConfig, RefineConfig, SynthConfig, config_hash
 from sam2vss.data import open_dataset, read_label_png
-from sam2vss.evaluate import describe_counts, evaluate, format_table
+from sam2vss.evaluate import describe_counts, evaluate_methods, format_table, metric_deltas
 from sam2vss.labels import IGNORE, VSPW_PALETTE
 from sam2vss.model import ModelConfig
 from sam2vss.refine import dataset_jobs, refine_jobs
@@ -54,12 +54,17 @@ def _panel(root: Path, pred_dirs: list[tuple[str, Path]], video: str, frame: str
 
 
 def write_report(
-    out: Path, root: Path, rows: list[tuple[str, dict]], pred_dirs: list[tuple[str, Path]], notes: list[str]
+    out: Path,
+    root: Path,
+    rows: list[tuple[str, dict]],
+    pred_dirs: list[tuple[str, Path]],
+    notes: list[str],
+    deltas: list[tuple[str, dict]] = (),
 ) -> Path:
     ds = open_dataset(root)
     video = ds.videos("val")[0]
     frames = [Path(n).stem for n in ds.gt_frames(video)]
-    lines = ["# sam2vss demo report", "", "```", format_table(rows), "```", ""]
+    lines = ["# sam2vss demo report", "", "```", format_table(rows, deltas=deltas), "```", ""]
     lines += [f"- {n}" for n in notes]
     lines += [
         "",
@@ -74,6 +79,26 @@ def write_report(
     path = out / "report.md"
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     return path
+
+
+def _model_notes(model_cfg: ModelConfig | None, refined_dir: Path) -> list[str]:
+    """What explains the refined row: random weights said plainly, and each video's masklets per
+    window (superpixels: segments per frame) with their coverage, from the refine manifest."""
+    notes = []
+    if model_cfg is not None and model_cfg.random_weights:
+        notes.append(
+            f"**SAM2 ran with RANDOM WEIGHTS** (--checkpoint none, {model_cfg.name} at"
+            f" {model_cfg.image_size}): its masklets are meaningless, so the refined row shows the"
+            " plumbing, not the method."
+        )
+    unit = "segments per frame" if model_cfg is None else "masklets per window"
+    videos = json.loads((refined_dir / "manifest.json").read_text())["videos"]
+    for name, entry in sorted(videos.items()):
+        if entry.get("status") == "done":
+            m = entry["masklets"]
+            counts = ", ".join(str(n) for n, _ in m["per_window"])
+            notes.append(f"{name}: {unit} {counts}; {m['covered']:.1%} of the pixels inside one.")
+    return notes
 
 
 def run_demo(
@@ -101,11 +126,15 @@ def run_demo(
     )
     if report.failed:
         raise RuntimeError(f"demo refinement failed: {report.failed}")
-    base = evaluate(dataset, root / "pred_base", "val", metric_cfg, progress=progress).metrics
-    refined = evaluate(dataset, refined_dir, "val", metric_cfg, progress=progress).metrics
+    results = evaluate_methods(
+        dataset, [root / "pred_base", refined_dir], "val", metric_cfg, progress=progress
+    )
+    base, refined = (r.metrics for r in results)
     rows = [("base (simulated)", base), (f"+ {method}", refined)]
-    print(format_table(rows))
+    deltas = metric_deltas(rows)
+    print(format_table(rows, deltas=deltas))
     notes = [
+        *_model_notes(model_cfg, refined_dir),
         f"Synthetic set: {videos} videos x {frames} frames at {cfg.height}x{cfg.width}, seed {cfg.seed}.",
         "Base: " + describe_counts(base) + ".",
         f"Refined: {report.frames} frames in {report.seconds:.1f} s"
@@ -118,7 +147,7 @@ def run_demo(
         f"Total time {time.perf_counter() - t0:.1f} s.",
     ]
     pred_dirs = [("base", root / "pred_base"), ("refined", refined_dir)]
-    path = write_report(out, root, rows, pred_dirs, notes)
+    path = write_report(out, root, rows, pred_dirs, notes, deltas)
     write_json(out / "metrics.json", {name: m for name, m in rows})
     print(f"wrote {path}")
     return path
