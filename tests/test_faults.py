@@ -247,6 +247,41 @@ def _readonly_json(c: Ctx) -> list[str]:
     return c.eval("--json", str(c.tmp / "ro" / "m.json"))
 
 
+def _readonly_csv(c: Ctx) -> list[str]:
+    (c.tmp / "ro").mkdir()
+    _readonly(c.mp, c.tmp / "ro", errno.EACCES)
+    return c.eval("--csv", str(c.tmp / "ro" / "m.csv"))
+
+
+def _vps(c: Ctx, drop_entry: bool = False, category: int | None = None) -> list[str]:
+    """The base labels written as VPS predictions (DIR/pan_pred + DIR/pred.json, one segment per
+    class and frame), with one frame's entry dropped from pred.json or one category replaced."""
+    from sam2vss.data import read_label_png
+
+    vps, annotations = c.tmp / "vps", []
+    for video in VIDEOS:
+        entries = []
+        for png in sorted((c.pred / video).iterdir()):
+            labels = read_label_png(png).astype(np.int64)
+            ids = labels + 1  # segment id = class + 1 (0 would be black, still a valid id)
+            rgb = np.stack([ids % 256, ids // 256, np.zeros_like(ids)], -1).astype(np.uint8)
+            (vps / "pan_pred" / video).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(vps / "pan_pred" / video / png.name)
+            segments = [{"id": int(k) + 1, "category_id": int(k)} for k in np.unique(labels)]
+            entries.append({"file_name": png.name, "segments_info": segments})
+        annotations.append({"video_id": video, "annotations": entries})
+    if drop_entry:
+        annotations[1]["annotations"].pop(1)
+    if category is not None:
+        annotations[2]["annotations"][0]["segments_info"][0]["category_id"] = category
+    (vps / "pred.json").write_text(json.dumps({"annotations": annotations}))
+    return ["eval", "-q", "--data", str(c.root), "--pred", str(vps), "--pred-format", "vps"]
+
+
+def _vps_png(video: int, frame: int):
+    return lambda c: [str(sorted((c.tmp / "vps" / "pan_pred" / VIDEOS[video]).iterdir())[frame])]
+
+
 def _checkpoint(c: Ctx, name: str, model: str = "t") -> list[str]:
     return c.refine(
         "--masks", "instances", "--checkpoint", str(c.tmp / name), "--model", model, "--image-size", "256"
@@ -389,6 +424,24 @@ FAULTS = {
     ),
     "read-only --json (EACCES)": Fault(
         _readonly_json, 2, lambda c: [f"--json {c.tmp / 'ro' / 'm.json'}: cannot write", "Permission denied"]
+    ),
+    "read-only --csv (EACCES)": Fault(
+        _readonly_csv, 2, lambda c: [f"--csv {c.tmp / 'ro' / 'm.csv'}: cannot write", "Permission denied"]
+    ),
+    "eval: two --pred folders without names": Fault(
+        lambda c: [*c.eval(), "--pred", str(c.pred)],
+        2,
+        lambda c: [f"--pred {c.pred}", "need a name each", "--pred NAME=DIR"],
+    ),
+    "eval --pred-format vps: a frame missing from pred.json": Fault(
+        lambda c: _vps(c, drop_entry=True),
+        2,
+        lambda c: [*_vps_png(1, 1)(c), f"no entry for video {VIDEOS[1]}", "pred.json"],
+    ),
+    "eval --pred-format vps: a category id out of range": Fault(
+        lambda c: _vps(c, category=200),
+        2,
+        lambda c: [*_vps_png(2, 0)(c), "category_id 200, not a class in 0..123"],
     ),
     "random-bytes checkpoint": Fault(
         _random_bytes_checkpoint, 2, lambda c: [str(c.tmp / "junk.pt"), "not a SAM2 checkpoint"]
