@@ -62,10 +62,11 @@ class FastTracker:
     """BatchedTracker with the fast pipeline's model input and precision (EngineConfig): yields
     (N, h, w) low-resolution logits per frame on the model's device."""
 
-    def __init__(self, batched: BatchedTracker, engine: EngineConfig, device: torch.device, bf16: bool):
+    def __init__(
+        self, batched: BatchedTracker, engine: EngineConfig, device: torch.device, bf16: bool, stages: Stages
+    ):
         self.batched, self.engine, self.device, self.bf16 = batched, engine, device, bf16
-        self.model = batched.model
-        self.stages: Stages | None = None
+        self.model, self.stages = batched.model, stages  # the pipeline's stage timer (encode, propagate)
         # `exact` decodes on the host (Pillow resizes there, on the decode thread); the device
         # presets decode straight to the device (NVDEC / nvJPEG) and resize there
         self.frames_device = device if engine.preprocess == "device" else torch.device("cpu")
@@ -141,8 +142,6 @@ class Pipeline:
         self.model_device = model_device or device  # where SAM2 runs
         self.frames_device = tracker.frames_device if tracker is not None else torch.device("cpu")
         self.stages, self.model_dtype = stages, model_dtype
-        if tracker is not None:
-            tracker.stages = stages
         self._last: Refined | None = None
 
     # ------------------------------------------------------------------ constructors
@@ -203,7 +202,8 @@ class Pipeline:
         batched = BatchedTracker(
             track_model, engine.encode_batch, engine.memory_frames, default_chunk_tokens(device, size)
         )
-        tracker = FastTracker(batched, engine, device, bf16)
+        stages = Stages(device, synced=synced_stages)
+        tracker = FastTracker(batched, engine, device, bf16, stages)
         if cfg.masks == "sam2":
             detector = BatchedDetector(predictor, cfg, ops, engine.low_res_stability)
             # The keyframe's tracking features serve detection too when both run the same model
@@ -212,7 +212,6 @@ class Pipeline:
             source = DetectedMasks(predictor, detector, engine, device, bf16, shares)
         else:
             source = InstanceMasks(device, engine.max_masklets)
-        stages = Stages(device, synced=synced_stages)
         return cls(cfg, source, tracker, ops, device, stages, "bfloat16" if bf16 else "float32")
 
     @property
