@@ -88,6 +88,9 @@ CLI_DEFAULTS: dict[str, dict[str, tuple[object, str]]] = {
 }
 
 
+CLI_DEFAULTS["sweep"] = CLI_DEFAULTS["refine"]  # the same refiner flags
+
+
 def _differences_epilog() -> str:
     lines = ["CLI defaults that differ from the library's (all others are the config dataclasses'):"]
     for command, flags in CLI_DEFAULTS.items():
@@ -326,16 +329,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="--out holds another configuration: move its videos to OUT/.superseded/<time>/ and start"
         " over (nothing is deleted)",
     )
-    add_config_flags(r, RunConfig, "scale-out", "refine")
-    add_config_flags(r, RefineConfig, "refiner (defaults: the paper's settings)", "refine")
-    add_config_flags(
-        r,
-        EngineConfig,
-        "fast-pipeline engine: each flag overrides the --preset's value (the reference ignores them)",
-        "refine",
-        override=True,
+    _add_refiner_flags(r, "refine")
+
+    w = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="the paper's ablations: refine + eval per setting of one or more refiner parameters",
+        description="Refines and evaluates the base predictions once per setting of the swept"
+        " parameters (several --param give their grid), each into OUT/<param>=<value>/ (a refine output"
+        " folder with its eval.json), then writes OUT/sweep.md (the paper's table), sweep.csv,"
+        " sweep.json and sweep.png. Resumable per setting; rerunning a finished sweep writes nothing.",
     )
-    add_config_flags(r, ModelConfig, "SAM2 model", "refine")
+    w.add_argument("--data", type=Path, required=True, help="dataset root in VSPW layout")
+    w.add_argument("--pred", type=Path, required=True, help="base predictions, DIR/<video>/<frame>.png")
+    w.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
+    w.add_argument("--decoder", choices=DECODERS, default="auto", help="frame decoder (default auto)")
+    w.add_argument("--out", type=Path, required=True, help="the sweep's folder")
+    w.add_argument(
+        "--param",
+        action="append",
+        required=True,
+        metavar="FIELD",
+        help="a refiner field to sweep (window, grid, pred_iou_thresh, stability_thresh,"
+        " stability_offset, superpixel_size, ..., or a fast-engine field such as memory_frames);"
+        " repeat with its own --values for a grid",
+    )
+    w.add_argument(
+        "--values",
+        action="append",
+        required=True,
+        metavar="V1,V2,...",
+        help="comma-separated values of the --param before it",
+    )
+    _add_refiner_flags(w, "sweep")
+    add_config_flags(w, MetricConfig, "metric semantics (as eval's)", "sweep", skip=("num_classes",))
 
     t = sub.add_parser(
         "train-classifier",
@@ -405,6 +432,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_refiner_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The refiner's flags, shared by refine and sweep: runner, refiner, engine overrides, model."""
+    add_config_flags(parser, RunConfig, "scale-out", command)
+    add_config_flags(parser, RefineConfig, "refiner (defaults: the paper's settings)", command)
+    add_config_flags(
+        parser,
+        EngineConfig,
+        "fast-pipeline engine: each flag overrides the --preset's value (the reference ignores them)",
+        command,
+        override=True,
+    )
+    add_config_flags(parser, ModelConfig, "SAM2 model", command)
+
+
 def cmd_synth(a: argparse.Namespace) -> int:
     from sam2vss.synth import synthesize
 
@@ -468,7 +509,6 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def _eval_run(a, cfg, dataset, methods, folders, device) -> int:
     from sam2vss.evaluate import describe_counts, evaluate_methods, format_table, metric_deltas
-    from sam2vss.labels import CLASS_NAMES
     from sam2vss.metrics import summarize
     from sam2vss.sinks import write_json
 
@@ -498,9 +538,7 @@ def _eval_run(a, cfg, dataset, methods, folders, device) -> int:
         for (name, folder), (metrics, result) in zip(methods, results, strict=True):
             entry = {"name": name, "pred": str(folder), "metrics": metrics}
             if result is not None:  # the reference twin returns dataset metrics only
-                iou = result.class_iou(cfg)
-                entry["class_iou"] = {CLASS_NAMES[c]: _nan_none(iou[c]) for c in range(cfg.num_classes)}
-                entry["videos"] = [{"name": v.name} | summarize([v], cfg) for v in result.videos]
+                entry |= result.details(cfg)
             entries.append(entry)
         config = cfg.__dict__ | {"vc_lengths": list(cfg.vc_lengths)}
         write_json(a.json, {**first, "config": config, "methods": entries, "deltas": dict(deltas)})
@@ -509,10 +547,6 @@ def _eval_run(a, cfg, dataset, methods, folders, device) -> int:
         _write_csv(a.csv, rows + deltas)
         print(f"wrote {a.csv}")
     return 0
-
-
-def _nan_none(v: float) -> float | None:
-    return None if v != v else float(v)
 
 
 def _write_csv(path: Path, rows: list[tuple[str, dict]]) -> None:
@@ -566,7 +600,8 @@ def _refine_inputs(a: argparse.Namespace):
     from sam2vss.outdir import Input
     from sam2vss.refine import dataset_jobs, video_job
 
-    if (a.data is None) == (a.video is None):
+    video = getattr(a, "video", None)  # sweep: --data only
+    if (a.data is None) == (video is None):
         raise ValueError("--data / --video: give either --data ROOT --pred DIR, or --video FILE --labels DIR")
     if a.data is not None:
         if a.pred is None:
@@ -647,6 +682,105 @@ def cmd_refine(a: argparse.Namespace) -> int:
         f" above and rerun the same command (tracebacks in {a.out / 'manifest.json'})",
     )
     return 1
+
+
+def sweep_params(names: list[str], values: list[str]) -> list[tuple[str, tuple]]:
+    """--param / --values pairs as (field, parsed values): a RefineConfig or EngineConfig field
+    (dashes or underscores), each value parsed and range-checked as the field's flag is."""
+    from sam2vss.sweep import ENGINE_PARAMS, REFINE_PARAMS
+
+    if len(names) != len(values):
+        raise ValueError(
+            f"--param / --values: give one --values per --param (got {len(names)} --param and"
+            f" {len(values)} --values), e.g. --param window --values 1,4,16"
+        )
+    specs = {
+        f.name: (cls, f) for cls in (RefineConfig, EngineConfig) for f in fields(cls) if "help" in f.metadata
+    }
+    params = []
+    for raw, text in zip(names, values, strict=True):
+        name = raw.replace("-", "_")
+        if name not in specs:
+            raise ValueError(
+                f"--param {raw}: not a refiner field; one of {', '.join(REFINE_PARAMS + ENGINE_PARAMS)}"
+            )
+        cls, f = specs[name]
+        kind, optional, item = _kind(typing.get_type_hints(cls)[name])
+        parse = _value_type(kind, optional, f.metadata.get("range"), item)
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items:
+            raise ValueError(f"--values {text!r} (for --param {raw}): no values; e.g. --values 1,4,16")
+        try:
+            parsed = tuple(_parse_bool(x) if kind is bool else parse(x) for x in items)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"--values {text} (for --param {raw}): {e}") from None
+        choices = f.metadata.get("choices")
+        bad = [v for v in parsed if choices is not None and v not in choices]
+        if bad:
+            raise ValueError(
+                f"--values {text} (for --param {raw}): {bad[0]!r} is not one of {', '.join(choices)}"
+            )
+        if name in (p for p, _ in params):
+            raise ValueError(f"--param {raw}: given twice; list all its values in one --values")
+        params.append((name, parsed))
+    return params
+
+
+def _parse_bool(text: str) -> bool:
+    value = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from sam2vss.sweep import run_sweep, settings
+
+    params = sweep_params(a.param, a.values)
+    swept = {name for name, _ in params}
+    base, model_cfg, run = refine_configs(a)
+    items = settings(base, model_cfg, params)
+    if model_cfg is not None:
+        _device(a.device)
+        _check_backend(a)
+    metric = config_from(MetricConfig, a, num_classes=base.num_classes)
+    jobs, protect = _refine_inputs(a)
+    report = run_sweep(
+        jobs,
+        open_dataset(a.data),
+        a.split,
+        a.out,
+        items,
+        metric,
+        a.pred,
+        run,
+        protect,
+        device=a.device,
+        progress=not a.quiet,
+        title=_sweep_title(a, base, model_cfg, swept),
+    )
+    print((a.out / "sweep.md").read_text().rstrip())
+    if report.written:
+        print(f"wrote {', '.join(str(a.out / n) for n in report.written)}")
+    else:
+        print(f"nothing to do: all {len(items)} settings are done and {a.out}'s summary is current")
+    for name, why in report.failed.items():
+        _error("sweep", f"setting {name}: {why}")
+    return 1 if report.failed else 0
+
+
+def _sweep_title(a, base: RefineConfig, model_cfg: ModelConfig | None, swept: set[str]) -> str:
+    """What the table is: the swept fields, the fixed settings that matter, the data."""
+    parts = [f"masks {base.masks}"]
+    if base.masks != "superpixel":  # superpixels run the same code in both pipelines
+        parts.append(
+            f"pipeline {base.pipeline}" + (f", preset {base.preset}" if base.pipeline == "fast" else "")
+        )
+    if model_cfg is not None:
+        weights = "random weights" if model_cfg.random_weights else Path(model_cfg.checkpoint).name
+        parts.append(f"{model_cfg.name} at {model_cfg.image_size} ({weights})")
+    fixed = [p for p in parts if p.split()[0] not in swept]
+    return f"sweep of {', '.join(sorted(swept))} on {a.data} ({a.split}): {', '.join(fixed)}"
 
 
 def _model_cfg_if_needed(a: argparse.Namespace, needed: bool) -> ModelConfig | None:
@@ -758,6 +892,7 @@ def main(argv: list[str] | None = None) -> int:
         "synth": cmd_synth,
         "eval": cmd_eval,
         "refine": cmd_refine,
+        "sweep": cmd_sweep,
         "train-classifier": cmd_train_classifier,
         "segment": cmd_segment,
         "bench": cmd_bench,

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from sam2vss.config import MetricConfig
 from sam2vss.data import Dataset, check_prediction, match_frames, read_label_png
 from sam2vss.kernels import KernelOps, kernel_ops
+from sam2vss.labels import CLASS_NAMES
 from sam2vss.metrics import VideoMetrics, VideoStats, Workspace, class_iou, summarize
 from sam2vss.model import use_device
 
@@ -50,6 +51,15 @@ class EvalResult:
     def class_iou(self, cfg: MetricConfig) -> np.ndarray:
         """(C,) IoU of each class over the split (NaN where a class is in neither GT nor prediction)."""
         return class_iou(self.videos, cfg)
+
+    def details(self, cfg: MetricConfig) -> dict:
+        """The JSON's per-method detail: each class's IoU by name (None where undefined) and each
+        video's metrics."""
+        iou = [None if v != v else float(v) for v in self.class_iou(cfg)]
+        return {
+            "class_iou": {CLASS_NAMES[c]: iou[c] for c in range(cfg.num_classes)},
+            "videos": [{"name": v.name} | summarize([v], cfg) for v in self.videos],
+        }
 
 
 class _FrameWork:

@@ -35,7 +35,7 @@ from sam2vss.data import (
     match_frames,
 )
 from sam2vss.engine import Pipeline
-from sam2vss.model import ModelConfig, model_identity
+from sam2vss.model import ModelConfig, model_identity, resolve_device
 from sam2vss.outdir import Input, Manifest
 from sam2vss.report import (
     RefineReport,
@@ -176,13 +176,19 @@ def job_inputs(jobs: Sequence[VideoJob]) -> list[Input]:
 
 # ------------------------------------------------------------------ the run
 def _plan(
-    jobs: Sequence[VideoJob], manifest: Manifest, out: Path, masks: str, checkpoint: Path | None
+    jobs: Sequence[VideoJob],
+    manifest: Manifest,
+    out: Path,
+    masks: str,
+    checkpoint: Path | None,
+    write: bool = True,
 ) -> tuple[list[VideoJob], list[str], dict[str, str]]:
     """(videos to refine, videos skipped, why each previously done video is refined again).
 
     Done means: recorded done, every output there with the recorded digest, and the inputs'
     bytes as recorded (only files whose size or mtime changed are re-hashed). Entries of schema 1
-    have no input record: their current inputs are recorded now."""
+    have no input record: their current inputs are recorded now (with `write`; without it the
+    plan only reads, and such a video counts as to do)."""
     todo, skipped, redo = [], [], {}
     refreshed = False
     for job in jobs:
@@ -196,12 +202,12 @@ def _plan(
             intact = False
         files = input_files(job, masks, checkpoint)
         if entry.get("inputs") is None:  # schema 1 recorded no inputs: take them as they are now
-            recorded = outdir.input_record(files)
+            recorded = outdir.input_record(files) if write else None
         else:
             recorded = outdir.load_record(out, job.name, entry["inputs"])
         changed, now = outdir.changed_inputs(files, recorded or {})
         if intact and recorded is not None and not changed:
-            if now != recorded or entry.get("inputs") is None:  # new mtimes: no re-hash next time
+            if write and (now != recorded or entry.get("inputs") is None):  # new mtimes: no re-hash next time
                 entry["inputs"] = outdir.save_record(out, job.name, now)
                 refreshed = True
             skipped.append(job.name)
@@ -219,14 +225,46 @@ def _plan(
     return todo, skipped, redo
 
 
-def _ray_model_dtype(cfg: RefineConfig, model_cfg: ModelConfig | None) -> str:
-    """The model dtype Ray actors will run (the driver builds no refiner): a preset's bf16 model
-    on CUDA unless --device cpu. On a cluster without GPUs the actors run fp32 and the folder is
-    keyed bf16: a later fp32 run is refused as another configuration, never mixed in."""
+def model_dtype(cfg: RefineConfig, model_cfg: ModelConfig | None, runner: str = "local") -> str:
+    """The dtype of the model a run will build, without building it: a fast preset's bf16 model
+    on CUDA (`Pipeline.fast`), else float32. Ray actors (the driver builds no refiner) take
+    CUDA unless --device cpu: on a cluster without GPUs they run fp32 and the folder is keyed
+    bf16, so a later fp32 run is refused as another configuration, never mixed in."""
     if cfg.pipeline != "fast" or cfg.masks == "superpixel" or model_cfg is None:
         return "float32"
-    device = "cpu" if model_cfg.device == "cpu" else "cuda"
+    if runner == "local":
+        device = resolve_device(model_cfg.device)
+    else:
+        device = "cpu" if model_cfg.device == "cpu" else "cuda"
     return "bfloat16" if cfg.fast_engine().use_bf16(device) else "float32"
+
+
+def checkpoint_path(model_cfg: ModelConfig | None, masks: str) -> Path | None:
+    """The checkpoint file a run reads (None: superpixels, no model, or random weights)."""
+    if masks == "superpixel" or model_cfg is None or model_cfg.random_weights:
+        return None
+    return Path(model_cfg.checkpoint)
+
+
+def finished(
+    jobs: Sequence[VideoJob],
+    out: Path,
+    cfg: RefineConfig,
+    model_cfg: ModelConfig | None,
+    runner: str = "local",
+) -> bool:
+    """True when `refine_jobs` would find nothing to do in OUT: its manifest is this
+    configuration's, and every job is done with its outputs intact and its inputs unchanged.
+    Only reads (no lock, no model): how a finished sweep reruns without writing anything."""
+    old = outdir.read_manifest(Path(out))
+    settings = refine_settings(cfg, model_cfg, model_dtype=model_dtype(cfg, model_cfg, runner))
+    if old is None or old["config_hash"] != _hash(settings):
+        return False
+    ckpt = checkpoint_path(model_cfg, cfg.masks)
+    if ckpt is not None and not ckpt.is_file():
+        return False
+    todo, _, _ = _plan(jobs, Manifest(Path(out), old), Path(out), cfg.masks, ckpt, write=False)
+    return not todo
 
 
 def refine_jobs(
@@ -249,8 +287,7 @@ def refine_jobs(
     if refiner is not None and refiner.cfg != cfg:
         raise ValueError("refine_jobs: `refiner` was built from another RefineConfig than `cfg`")
     runner = run.runner
-    uses_model = cfg.masks != "superpixel" and model_cfg is not None
-    ckpt_path = Path(model_cfg.checkpoint) if uses_model and not model_cfg.random_weights else None
+    ckpt_path = checkpoint_path(model_cfg, cfg.masks)
     if ckpt_path is not None and not ckpt_path.is_file():
         raise DataError(
             f"--checkpoint {ckpt_path}: file not found; pass a SAM2 .pt, or none for random weights"
@@ -266,7 +303,7 @@ def refine_jobs(
         elif runner != "local":
             refiner = None
         ckpt = outdir.file_record(ckpt_path) if ckpt_path is not None else None
-        dtype = refiner.model_dtype if refiner is not None else _ray_model_dtype(cfg, model_cfg)
+        dtype = refiner.model_dtype if refiner is not None else model_dtype(cfg, model_cfg, runner)
         settings = refine_settings(cfg, model_cfg, model_dtype=dtype)
         first = (jobs[0].video, jobs[0].decoder) if jobs else None
         header = run_header(refiner, cfg, model_cfg, runner, first, ckpt and ckpt[2])
