@@ -217,3 +217,16 @@ def test_refusals_are_one_line_and_write_nothing(viz_set, tmp_path, capsys, case
     assert message.format(frame=frame, refined=refined, video=video, tmp=tmp_path) in err
     assert sorted(p.name for p in out.rglob("*")) == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "earlier"
+
+
+def test_viz_cli_defaults_are_the_library_defaults():
+    import inspect
+
+    from sam2vss.cli import build_parser
+    from sam2vss.viz import visualize
+
+    a = build_parser().parse_args(["viz", "--data", "d", "--pred", "p", "--out", "o"])
+    defaults = {
+        k: p.default for k, p in inspect.signature(visualize).parameters.items() if p.default is not p.empty
+    }
+    assert defaults == {"split": a.split, "videos": a.video, "frames": a.frames, "progress": not a.quiet}

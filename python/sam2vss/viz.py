@@ -339,7 +339,8 @@ def overlay_sheet(frames: Sequence[Frame], m: int, name: str) -> Image.Image:
 
 # ------------------------------------------------------------------ writers
 def _save_png(path: Path, im: Image.Image) -> None:
-    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+    # zlib level 1: 0.18 s instead of the default's 0.26 s on a 2164x1156 sheet, 3% larger
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG", compress_level=1))
 
 
 def _even(im: Image.Image) -> Image.Image:
