@@ -230,3 +230,20 @@ def test_viz_cli_defaults_are_the_library_defaults():
         k: p.default for k, p in inspect.signature(visualize).parameters.items() if p.default is not p.empty
     }
     assert defaults == {"split": a.split, "videos": a.video, "frames": a.frames, "progress": not a.quiet}
+
+
+@pytest.mark.parametrize(("decodes", "ok"), [(3, True), (2, False)])
+def test_write_mp4_checks_the_decoded_frame_count(tmp_path, monkeypatch, decodes, ok):
+    """A file that decodes to another frame count than was encoded is an error and is not kept."""
+    from sam2vss import viz
+
+    real = viz.count_video_frames
+    monkeypatch.setattr(viz, "count_video_frames", lambda p: real(p) - 3 + decodes)
+    pictures = [Image.new("RGB", (33, 21), (40 * i, 0, 0)) for i in range(3)]  # odd sides: padded
+    path = tmp_path / "v.mp4"
+    if ok:
+        assert viz.write_mp4(path, pictures) == 3
+    else:
+        with pytest.raises(viz.DataError, match="encoded 3 frames but the file decodes to 2"):
+            viz.write_mp4(path, pictures)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["v.mp4"] if ok else [])

@@ -257,15 +257,16 @@ def _paste_row(sheet: Image.Image, layout: Layout, row: int, tiles: list[tuple[n
         )
 
 
-def layout_for(frame: Frame, methods: int, header_h: int = 0) -> tuple[Layout, int]:
+def layout_for(frame: Frame, columns: int, header_h: int = 0) -> tuple[Layout, int]:
+    """The layout of `columns` tiles of this frame's size, enlarged k times, and k."""
     h, w = frame.gt.shape
     k = scale_for(w)
-    return Layout(w * k, h * k, 2 * methods + 1, header_h), k
+    return Layout(w * k, h * k, columns, header_h), k
 
 
 def render_row(frame: Frame, names: Sequence[str]) -> Image.Image:
     """One frame's row of captioned tiles (the MP4's picture)."""
-    layout, k = layout_for(frame, len(names))
+    layout, k = layout_for(frame, 2 * len(names) + 1)
     row = Image.new("RGB", (layout.width, layout.row_h), (255, 255, 255))
     _paste_row(row, layout, 0, frame_tiles(frame, names), k)
     return row
@@ -300,22 +301,15 @@ def contact_sheet(video: str, frames: Sequence[Frame], names: Sequence[str]) -> 
     header = [f"{video}: {len(frames)} sampled frames; on these frames only:"]
     header += [f"{n}: {_summary(frames, m)}" for m, n in enumerate(names)]
     header_h = HEADER_LINE_H * (len(header) + 1) + GAP
-    layout, k = layout_for(frames[0], len(names), header_h)
+    layout, k = layout_for(frames[0], 2 * len(names) + 1, header_h)
     sheet = Image.new("RGB", (layout.width, header_h + len(frames) * layout.row_h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     font = _font(16)
     for i, line in enumerate(header):
         draw.text((GAP + 2, GAP + i * HEADER_LINE_H), line, fill=(0, 0, 0), font=font)
-    legend_y = GAP + len(header) * HEADER_LINE_H
-    draw.text(
-        (GAP + 2, legend_y + 1), f"error maps, each method against {names[0]}:", fill=(0, 0, 0), font=font
-    )
-    _legend(
-        draw,
-        GAP + 30 + int(draw.textlength(f"error maps, each method against {names[0]}:", font=font)),
-        legend_y,
-        font,
-    )
+    legend_y, legend = GAP + len(header) * HEADER_LINE_H, f"error maps, each method against {names[0]}:"
+    draw.text((GAP + 2, legend_y + 1), legend, fill=(0, 0, 0), font=font)
+    _legend(draw, GAP + 30 + int(draw.textlength(legend, font=font)), legend_y, font)
     for row, frame in enumerate(frames):
         _paste_row(sheet, layout, row, frame_tiles(frame, names), k)
     return sheet, layout
@@ -324,7 +318,6 @@ def contact_sheet(video: str, frames: Sequence[Frame], names: Sequence[str]) -> 
 def overlay_sheet(frames: Sequence[Frame], m: int, name: str) -> Image.Image:
     """Method `m`'s labels over each sampled frame, one row each, masklet contours where saved."""
     layout, k = layout_for(frames[0], 1)
-    layout = Layout(layout.tile_w, layout.tile_h, 1)
     sheet = Image.new("RGB", (layout.width, len(frames) * layout.row_h), (255, 255, 255))
     for row, f in enumerate(frames):
         ids = f.masklets[m]
@@ -409,6 +402,20 @@ class Pictures:
     frames: int  # in the MP4 (the video's GT frames)
 
 
+def _rows(dataset: Dataset, plan: list[FramePaths], names: Sequence[str], first: Frame):
+    """Every frame's row for the MP4, which needs one picture size: a frame of another size than
+    the video's first is an error naming its GT file."""
+    for paths in plan:
+        frame = read_frame(dataset, paths)
+        if frame.gt.shape != first.gt.shape:
+            (h, w), (h0, w0) = frame.gt.shape, first.gt.shape
+            raise DataError(
+                f"{paths.gt}: ground truth is {w}x{h} (WxH), frame {first.name} of the same video is"
+                f" {w0}x{h0}; a video's frames must share one size for its side-by-side MP4"
+            )
+        yield render_row(frame, names)
+
+
 def visualize_video(
     dataset: Dataset, video: str, plan: list[FramePaths], names: Sequence[str], out: Path, samples: int
 ) -> Pictures:
@@ -420,8 +427,7 @@ def visualize_video(
     for m, name in enumerate(names):
         overlays.append(folder / f"overlay_{_file_word(name)}.png")
         _save_png(overlays[-1], overlay_sheet(picked, m, name))
-    rows = (render_row(read_frame(dataset, p), names) for p in plan)
-    n = write_mp4(folder / "side_by_side.mp4", rows)
+    n = write_mp4(folder / "side_by_side.mp4", _rows(dataset, plan, names, picked[0]))
     return Pictures(video, folder / "contact.png", tuple(overlays), folder / "side_by_side.mp4", n)
 
 
