@@ -232,8 +232,9 @@ def test_viz_cli_defaults_are_the_library_defaults():
     assert defaults == {"split": a.split, "videos": a.video, "frames": a.frames, "progress": not a.quiet}
 
 
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
 @pytest.mark.parametrize(("decodes", "ok"), [(3, True), (2, False)])
-def test_write_mp4_checks_the_decoded_frame_count(tmp_path, monkeypatch, decodes, ok):
+def test_write_mp4_checks_the_decoded_frame_count(tmp_path, monkeypatch, codec, decodes, ok):
     """A file that decodes to another frame count than was encoded is an error and is not kept."""
     from sam2vss import viz
 
@@ -242,8 +243,8 @@ def test_write_mp4_checks_the_decoded_frame_count(tmp_path, monkeypatch, decodes
     pictures = [Image.new("RGB", (33, 21), (40 * i, 0, 0)) for i in range(3)]  # odd sides: padded
     path = tmp_path / "v.mp4"
     if ok:
-        assert viz.write_mp4(path, pictures) == 3
+        assert viz.write_mp4(path, pictures, codec=codec) == 3
     else:
         with pytest.raises(viz.DataError, match="encoded 3 frames but the file decodes to 2"):
-            viz.write_mp4(path, pictures)
+            viz.write_mp4(path, pictures, codec=codec)
     assert sorted(p.name for p in tmp_path.iterdir()) == (["v.mp4"] if ok else [])
