@@ -173,8 +173,9 @@ def test_eval_error_is_one_clear_line(cli_set, capsys):
 def test_demo_writes_report(tmp_path, capsys):
     assert main(["demo", "-q", "--out", str(tmp_path / "demo"), "--videos", "1", "--frames", "17"]) == 0
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "base (simulated)" in report and "panel_0.png" in report
-    assert (tmp_path / "demo" / "panel_1.png").is_file()
+    assert "base (simulated)" in report and "(viz/0000_synth0/contact.png)" in report
+    pictures = tmp_path / "demo" / "viz" / "0000_synth0"  # sam2vss viz's, linked from the report
+    assert (pictures / "contact.png").is_file() and "(viz/0000_synth0/side_by_side.mp4)" in report
     out = capsys.readouterr().out
     assert (
         "base (simulated)" in out and "superpixel refiner (SLIC) - base (simulated)" in out

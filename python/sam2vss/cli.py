@@ -1,4 +1,4 @@
-"""`sam2vss` command line: synth, eval, refine, I-SAM2, bench, demo. The flags of each config
+"""`sam2vss` command line: synth, eval, refine, I-SAM2, bench, viz, demo. The flags of each config
 dataclass are generated from its fields (`add_config_flags`: help, choices, flag names and ranges
 live in the fields' metadata, config.option); the few CLI defaults that differ from the
 library's are listed in CLI_DEFAULTS (and in --help).
@@ -405,6 +405,37 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, default=None, help="write the rows here")
     b.add_argument("--data-dir", type=Path, default=Path("bench_data"), help="where the clip is generated")
     add_config_flags(b, ModelConfig, "SAM2 model", "bench")
+
+    v = sub.add_parser(
+        "viz",
+        parents=[common],
+        help="contact sheets, overlays and a side-by-side MP4 of prediction folders against the GT",
+        description="Per video, OUT/<video>/: contact.png (sampled frames x frame | methods | GT | error map"
+        " of each method against the first: green fixed, red broken, grey both wrong, black void),"
+        " overlay_<method>.png (labels over the frames, masklet contours where <video>/masklets/ was"
+        " saved) and side_by_side.mp4 (every frame, its frame count checked).",
+    )
+    v.add_argument("--data", type=Path, required=True, help="dataset root (VSPW or VIPSeg layout)")
+    v.add_argument(
+        "--pred",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="prediction folder, DIR/<video>/<frame>.png; repeat as NAME=DIR: the error maps compare"
+        " each method with the first",
+    )
+    v.add_argument("--out", type=Path, required=True, help="output folder (never inside an input)")
+    v.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
+    v.add_argument("--layout", choices=("auto", "vspw", "vipseg"), default="auto", help="dataset layout")
+    v.add_argument(
+        "--video", action="append", default=None, help="a video of the split (repeat; default: all)"
+    )
+    v.add_argument(
+        "--frames",
+        type=_at_least(1),
+        default=4,
+        help="contact-sheet rows: frames sampled evenly over the video (default %(default)s)",
+    )
 
     m = sub.add_parser(
         "demo",
@@ -868,6 +899,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_viz(a: argparse.Namespace) -> int:
+    from sam2vss.viz import visualize
+
+    methods = eval_methods(a.pred)
+    dataset = open_dataset(a.data, a.layout)
+    written = visualize(dataset, methods, a.out, a.split, a.video, a.frames, progress=not a.quiet)
+    frames = sum(p.frames for p in written)
+    print(f"wrote pictures of {len(written)} videos ({frames} frames in the MP4s) -> {a.out}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from sam2vss.demo import run_demo
 
@@ -896,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
         "train-classifier": cmd_train_classifier,
         "segment": cmd_segment,
         "bench": cmd_bench,
+        "viz": cmd_viz,
         "demo": cmd_demo,
     }
     try:

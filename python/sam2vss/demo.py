@@ -3,8 +3,9 @@
 Synthesizes a small VSPW-layout set (reused when the same configuration is already on disk),
 refines its simulated base predictions (superpixel masklets without a checkpoint, SAM2 masklets
 with one, through RefineConfig's default pipeline, `fast`, as `sam2vss refine`), evaluates
-before and after, and writes DIR/report.md with the paper-style table and side-by-side images
-(frame, base, refined, ground truth) in the VSPW palette.
+before and after, and writes DIR/report.md with the paper-style table and the pictures of
+`sam2vss viz` (DIR/viz/<video>/: contact sheet with error maps, overlays, side-by-side MP4) for
+the videos the refiner helped most and least.
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from sam2vss.config import MetricConfig, RefineConfig, SynthConfig, config_hash
-from sam2vss.data import open_dataset, read_label_png
-from sam2vss.evaluate import describe_counts, evaluate_methods, format_table, metric_deltas
-from sam2vss.labels import IGNORE, VSPW_PALETTE
+from sam2vss.data import open_dataset
+from sam2vss.evaluate import EvalResult, describe_counts, evaluate_methods, format_table, metric_deltas
+from sam2vss.metrics import summarize
 from sam2vss.model import ModelConfig
 from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.sinks import atomic_write, write_json
+from sam2vss.viz import Pictures, visualize
 
 
 def _synth(out: Path, cfg: SynthConfig, progress: bool) -> Path:
@@ -37,47 +36,52 @@ def _synth(out: Path, cfg: SynthConfig, progress: bool) -> Path:
     return root
 
 
-def _colorize(labels: np.ndarray) -> np.ndarray:
-    rgb = VSPW_PALETTE[labels]
-    rgb[labels == IGNORE] = 255  # void shown white
-    return rgb
-
-
-def _panel(root: Path, pred_dirs: list[tuple[str, Path]], video: str, frame: str) -> Image.Image:
-    """frame | each prediction | ground truth, side by side."""
-    ds = open_dataset(root)
-    image = np.asarray(Image.open(ds.image_dir(video) / f"{frame}.jpg").convert("RGB"))
-    gt, _ = ds.read_gt(ds.gt_dir(video) / f"{frame}.png")
-    tiles = [image] + [_colorize(read_label_png(d / video / f"{frame}.png")) for _, d in pred_dirs]
-    tiles.append(_colorize(gt))
-    return Image.fromarray(np.concatenate(tiles, axis=1))
+def _picked_videos(base: EvalResult, refined: EvalResult, cfg: MetricConfig) -> list[str]:
+    """The videos the refiner helped most and least (per-video mIoU gain), one if they coincide:
+    two contact sheets cost about 2 s here, every video's would grow with --videos."""
+    gain = {
+        v.name: summarize([r], cfg)["miou"] - summarize([v], cfg)["miou"]
+        for v, r in zip(base.videos, refined.videos, strict=True)
+    }
+    order = sorted(gain, key=gain.get, reverse=True)
+    return list(dict.fromkeys([order[0], order[-1]]))
 
 
 def write_report(
     out: Path,
-    root: Path,
     rows: list[tuple[str, dict]],
+    pictures: list[Pictures],
     pred_dirs: list[tuple[str, Path]],
     notes: list[str],
     deltas: list[tuple[str, dict]] = (),
 ) -> Path:
-    ds = open_dataset(root)
-    video = ds.videos("val")[0]
-    frames = [Path(n).stem for n in ds.gt_frames(video)]
     lines = ["# sam2vss demo report", "", "```", format_table(rows, deltas=deltas), "```", ""]
     lines += [f"- {n}" for n in notes]
+    names = [name for name, _ in pred_dirs]
     lines += [
         "",
-        "Columns: frame | " + " | ".join(name for name, _ in pred_dirs) + " | ground truth (void white).",
+        "## Pictures (`sam2vss viz`)",
+        "",
+        f"Columns: frame | {' | '.join(names)} | ground truth (void white) | error map of"
+        f" {names[1]} against {names[0]}: green pixels {names[1]} fixed, red pixels it broke, grey"
+        " both wrong, black GT void."
+        + (" The videos the refiner helped most and least (mIoU gain)." if len(pictures) > 1 else ""),
         "",
     ]
-    for i, frame in enumerate([frames[0], frames[len(frames) // 2]]):
-        name = f"panel_{i}.png"
-        im = _panel(root, pred_dirs, video, frame)
-        atomic_write(out / name, lambda tmp, im=im: im.save(tmp, format="PNG"))
-        lines.append(f"![{video} frame {frame}]({name})")
+    for p in pictures:
+        rel = p.contact.parent.relative_to(out)
+        overlays = ", ".join(f"[{o.stem.removeprefix('overlay_')}]({rel / o.name})" for o in p.overlays)
+        lines += [
+            f"### {p.video}",
+            "",
+            f"![{p.video}: sampled frames]({rel / p.contact.name})",
+            "",
+            f"[side-by-side MP4 of all {p.frames} frames]({rel / p.mp4.name}); labels over the frames:"
+            f" {overlays}",
+            "",
+        ]
     path = out / "report.md"
-    atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))
     return path
 
 
@@ -133,6 +137,11 @@ def run_demo(
     rows = [("base (simulated)", base), (f"+ {method}", refined)]
     deltas = metric_deltas(rows)
     print(format_table(rows, deltas=deltas))
+    pred_dirs = [("base", root / "pred_base"), ("refined", refined_dir)]
+    t_viz = time.perf_counter()
+    shown = _picked_videos(*results, metric_cfg)
+    pictures = visualize(dataset, pred_dirs, out / "viz", "val", shown, frames=4, progress=progress)
+    t_viz = time.perf_counter() - t_viz
     notes = [
         *_model_notes(model_cfg, refined_dir),
         f"Synthetic set: {videos} videos x {frames} frames at {cfg.height}x{cfg.width}, seed {cfg.seed}.",
@@ -144,10 +153,9 @@ def run_demo(
             if report.skipped
             else "."
         ),
-        f"Total time {time.perf_counter() - t0:.1f} s.",
+        f"Pictures of {len(pictures)} videos in {t_viz:.1f} s. Total time {time.perf_counter() - t0:.1f} s.",
     ]
-    pred_dirs = [("base", root / "pred_base"), ("refined", refined_dir)]
-    path = write_report(out, root, rows, pred_dirs, notes, deltas)
+    path = write_report(out, rows, pictures, pred_dirs, notes, deltas)
     write_json(out / "metrics.json", {name: m for name, m in rows})
     print(f"wrote {path}")
     return path

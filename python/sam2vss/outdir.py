@@ -61,8 +61,11 @@ class Input:
     tree: bool = True
 
 
-def guard_output(out: Path, inputs: Iterable[Input]) -> None:
-    """Refuse an --out that would mix outputs with inputs (refine writes OUT/<video>/*.png)."""
+def guard_output(
+    out: Path, inputs: Iterable[Input], command: str = "refine", suggestion: str = "refined"
+) -> None:
+    """Refuse an --out that would mix outputs with inputs (refine writes OUT/<video>/*.png, viz
+    OUT/<video>/*.png and .mp4); the error names `command` and suggests a sibling `suggestion`."""
     o = Path(out).resolve()
     for item in inputs:
         p = Path(item.path).resolve()
@@ -74,10 +77,10 @@ def guard_output(out: Path, inputs: Iterable[Input]) -> None:
             problem = "contains"
         else:
             continue
-        beside = p / "refined" if not item.tree else p.parent / "refined"
+        beside = p / suggestion if not item.tree else p.parent / suggestion
         fix = "a folder that holds no input" if problem == "contains" else f"a new folder such as {beside}"
         raise OutputError(
-            f"--out {out}: {problem} {item.what} ({p}); refine would write its outputs among its"
+            f"--out {out}: {problem} {item.what} ({p}); {command} would write its outputs among its"
             f" inputs: choose {fix}"
         )
 
