@@ -159,15 +159,16 @@ def test_bad_folders_name_the_file(tmp_path):
         convert_vps(tmp_path, tmp_path / "out", C)
 
 
-def test_eval_of_vps_predictions_equals_eval_of_the_same_semantic_labels(tmp_path, capsys):
-    """pred_base of a synthetic set written as VPS (one segment per class and frame, random ids):
-    `eval --pred-format vps` gives the same metrics as `eval` of pred_base, exactly."""
-    from sam2vss.cli import main
+@pytest.fixture(scope="module")
+def vps_set(tmp_path_factory) -> tuple[Path, Path]:
+    """A synthetic set and its pred_base written as VPS (one segment per class and frame, random
+    ids): (dataset root, VPS folder)."""
     from sam2vss.config import SynthConfig
     from sam2vss.synth import synthesize
 
+    tmp = tmp_path_factory.mktemp("vps_set")
     root = synthesize(
-        tmp_path / "ds", SynthConfig(videos=2, frames=18, height=40, width=56, train_videos=0), False
+        tmp / "ds", SynthConfig(videos=2, frames=18, height=40, width=56, train_videos=0), False
     )
     rng = np.random.default_rng(0)
     videos = {}
@@ -178,15 +179,17 @@ def test_eval_of_vps_predictions_equals_eval_of_the_same_semantic_labels(tmp_pat
             classes = np.unique(labels)
             ids = rng.choice(np.arange(1, 2**24), size=classes.size, replace=False)
             pan = ids[np.searchsorted(classes, labels)]
-            frames.append(
-                (
-                    png.name,
-                    pan,
-                    [{"id": int(i), "category_id": int(c)} for i, c in zip(ids, classes, strict=True)],
-                )
-            )
+            segments = [{"id": int(i), "category_id": int(c)} for i, c in zip(ids, classes, strict=True)]
+            frames.append((png.name, pan, segments))
         videos[video.name] = frames
-    vps = write_vps(tmp_path / "vps", videos)
+    return root, write_vps(tmp / "vps", videos)
+
+
+def test_eval_of_vps_predictions_equals_eval_of_the_same_semantic_labels(vps_set, tmp_path, capsys):
+    """`eval --pred-format vps` gives the same metrics as `eval` of pred_base, exactly."""
+    from sam2vss.cli import main
+
+    root, vps = vps_set
     out = {}
     for name, extra in (
         ("semantic", ["--pred", str(root / "pred_base")]),
@@ -202,3 +205,52 @@ def test_eval_of_vps_predictions_equals_eval_of_the_same_semantic_labels(tmp_pat
     assert main(["eval", "-q", "--data", str(root), "--pred", str(tmp_path), "--pred-format", "vps"]) == 2
     err = capsys.readouterr().err
     assert "no pan_pred/ folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_refine_and_sweep_read_vps_predictions(vps_set, tmp_path, capsys):
+    """`refine` and `sweep` with --pred-format vps refine exactly what they refine from the same
+    labels as PNGs, and a rerun of the VPS refine resumes (skips every video)."""
+    from sam2vss.cli import main
+
+    root, vps = vps_set
+    sp = ["-q", "--data", str(root), "--masks", "superpixel", "--superpixel-size", "64"]
+    digests = {}
+    for name, pred in (
+        ("semantic", ["--pred", str(root / "pred_base")]),
+        ("vps", ["--pred", str(vps), "--pred-format", "vps"]),
+    ):
+        assert main(["refine", *sp, *pred, "--out", str(tmp_path / name)]) == 0
+        videos = json.loads((tmp_path / name / "manifest.json").read_text())["videos"]
+        digests[name] = {v: e["sha256"] for v, e in videos.items()}
+    assert digests["vps"] == digests["semantic"] and len(digests["vps"]) == 2
+    capsys.readouterr()
+    assert (
+        main(["refine", *sp, "--pred", str(vps), "--pred-format", "vps", "--out", str(tmp_path / "vps")]) == 0
+    )
+    assert "refined 0 videos" in capsys.readouterr().out  # the converted labels' bytes are unchanged: resumed
+    sweep = ["sweep", *sp[:-2], "--param", "superpixel_size", "--values", "64"]
+    assert main([*sweep, "--pred", str(vps), "--pred-format", "vps", "--out", str(tmp_path / "sw")]) == 0
+    rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert (
+        rows["rows"][0]["metrics"]["miou"]
+        == json.loads((tmp_path / "sw" / "superpixel_size=64" / "eval.json").read_text())["metrics"]["miou"]
+    )
+    videos = json.loads((tmp_path / "sw" / "superpixel_size=64" / "manifest.json").read_text())["videos"]
+    assert {v: e["sha256"] for v, e in videos.items()} == digests["semantic"]
+    base = json.loads((tmp_path / "sw" / "base_eval.json").read_text())["metrics"]
+    assert (
+        main(
+            [
+                "eval",
+                "-q",
+                "--data",
+                str(root),
+                "--pred",
+                str(root / "pred_base"),
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 0
+    )
+    assert base["miou"] == json.loads((tmp_path / "b.json").read_text())["miou"]

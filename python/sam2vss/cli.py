@@ -281,14 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layout", choices=("auto", "vspw", "vipseg"), default="auto", help="dataset layout")
     e.add_argument("--json", type=Path, help="write the metrics JSON here (a `methods` list per method)")
     e.add_argument("--csv", type=Path, help="write the table (methods and delta rows) as CSV here")
-    e.add_argument(
-        "--pred-format",
-        choices=("semantic", "vps"),
-        default="semantic",
-        help="semantic: label PNGs DIR/<video>/<frame>.png; vps: video-panoptic predictions as DVIS /"
-        " DVIS++ / CAVIS write them (DIR/pan_pred/<video>/*.png + DIR/pred.json), converted to class"
-        " maps (METRICS.md 5.3; unclaimed pixels take the nearest segment's class)",
-    )
+    e.add_argument("--pred-format", choices=("semantic", "vps"), default="semantic", help=_PRED_FORMAT_HELP)
     e.add_argument("--per-video", action="store_true", help="also print a per-video breakdown")
     e.add_argument("--workers", type=_at_least(1), default=None, help="decode threads (default: all cores)")
     e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -312,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = r.add_argument_group("input (a dataset root, or one video file with its label folder)")
     src.add_argument("--data", type=Path, help="dataset root in VSPW layout (frames in data/<video>/origin)")
     src.add_argument("--pred", type=Path, help="base predictions, DIR/<video>/<frame>.png")
+    src.add_argument("--pred-format", choices=("semantic", "vps"), default="semantic", help=_PRED_FORMAT_HELP)
     src.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
     src.add_argument("--video", type=Path, help="a video file (instead of --data)")
     src.add_argument("--labels", type=Path, help="the video's base predictions, one PNG per frame")
@@ -342,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--data", type=Path, required=True, help="dataset root in VSPW layout")
     w.add_argument("--pred", type=Path, required=True, help="base predictions, DIR/<video>/<frame>.png")
+    w.add_argument("--pred-format", choices=("semantic", "vps"), default="semantic", help=_PRED_FORMAT_HELP)
     w.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
     w.add_argument("--decoder", choices=DECODERS, default="auto", help="frame decoder (default auto)")
     w.add_argument("--out", type=Path, required=True, help="the sweep's folder")
@@ -626,8 +621,39 @@ def _check_backend(a: argparse.Namespace) -> None:
         )
 
 
-def _refine_inputs(a: argparse.Namespace):
-    """(jobs, the input folders --out must keep clear of, named by their flags)."""
+_PRED_FORMAT_HELP = (
+    "semantic: label PNGs DIR/<video>/<frame>.png; vps: video-panoptic predictions as DVIS / DVIS++ /"
+    " CAVIS write them (DIR/pan_pred/<video>/*.png + DIR/pred.json), converted to class maps first"
+    " (METRICS.md 5.3; unclaimed pixels take the nearest segment's class)"
+)
+
+
+@contextlib.contextmanager
+def _semantic_pred(a: argparse.Namespace, num_classes: int):
+    """--pred as the semantic label folder the jobs read: as given, or with --pred-format vps the
+    predictions converted into a temporary folder that lives for the run (the converted PNGs are
+    the same bytes every time, so resume keys on them as on any base labels)."""
+    if getattr(a, "pred_format", "semantic") != "vps":
+        yield a.pred
+        return
+    if a.pred is None:
+        raise ValueError(
+            "--pred-format vps: only with --data ROOT --pred DIR (a --video's --labels are label PNGs)"
+        )
+    if not a.pred.is_dir():
+        raise DataError(
+            f"--pred {a.pred}: no such folder; pass the VPS predictions (DIR/pan_pred, DIR/pred.json)"
+        )
+    from sam2vss.panoptic import convert_vps
+
+    with tempfile.TemporaryDirectory(prefix="sam2vss_vps_") as tmp:
+        convert_vps(a.pred, Path(tmp), num_classes, progress=not a.quiet)
+        yield Path(tmp)
+
+
+def _refine_inputs(a: argparse.Namespace, labels: Path | None = None):
+    """(jobs, the input folders --out must keep clear of, named by their flags). `labels`: the
+    semantic base labels the jobs read (--pred converted from VPS), default --pred."""
     from sam2vss.outdir import Input
     from sam2vss.refine import dataset_jobs, video_job
 
@@ -645,7 +671,7 @@ def _refine_inputs(a: argparse.Namespace):
         protect = [Input("the --data root", a.data, tree=False)]
         protect += [Input(f"the {d.name}/ folder of --data", d) for d in dataset.input_dirs()]
         protect.append(Input("the --pred folder", a.pred))
-        return dataset_jobs(dataset, a.pred, a.split, a.decoder), protect
+        return dataset_jobs(dataset, labels or a.pred, a.split, a.decoder), protect
     if a.labels is None:
         raise ValueError("--labels: --video needs --labels DIR (the video's base predictions)")
     protect = [
@@ -684,17 +710,18 @@ def cmd_refine(a: argparse.Namespace) -> int:
     if model_cfg is not None:
         _device(a.device)
         _check_backend(a)
-    jobs, protect = _refine_inputs(a)
-    report = refine_jobs(
-        jobs,
-        a.out,
-        cfg,
-        model_cfg,
-        overwrite=a.overwrite,
-        progress=not a.quiet,
-        run=run,
-        protect=protect,
-    )
+    with _semantic_pred(a, cfg.num_classes) as labels:
+        jobs, protect = _refine_inputs(a, labels)
+        report = refine_jobs(
+            jobs,
+            a.out,
+            cfg,
+            model_cfg,
+            overwrite=a.overwrite,
+            progress=not a.quiet,
+            run=run,
+            protect=protect,
+        )
     fps = report.frames / max(report.seconds, 1e-9)
     again = len(set(report.redone) & set(report.done))
     again = f" ({again} of them again, see above)" if again else ""
@@ -775,21 +802,22 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         _device(a.device)
         _check_backend(a)
     metric = config_from(MetricConfig, a, num_classes=base.num_classes)
-    jobs, protect = _refine_inputs(a)
-    report = run_sweep(
-        jobs,
-        open_dataset(a.data),
-        a.split,
-        a.out,
-        items,
-        metric,
-        a.pred,
-        run,
-        protect,
-        device=a.device,
-        progress=not a.quiet,
-        title=_sweep_title(a, base, model_cfg, swept),
-    )
+    with _semantic_pred(a, base.num_classes) as labels:
+        jobs, protect = _refine_inputs(a, labels)
+        report = run_sweep(
+            jobs,
+            open_dataset(a.data),
+            a.split,
+            a.out,
+            items,
+            metric,
+            labels,
+            run,
+            protect,
+            device=a.device,
+            progress=not a.quiet,
+            title=_sweep_title(a, base, model_cfg, swept),
+        )
     print((a.out / "sweep.md").read_text().rstrip())
     if report.written:
         print(f"wrote {', '.join(str(a.out / n) for n in report.written)}")
