@@ -326,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--out holds another configuration: move its videos to OUT/.superseded/<time>/ and start"
         " over (nothing is deleted)",
     )
+    r.add_argument(
+        "--save-masklets",
+        action="store_true",
+        help="also write each frame's masklet ids to OUT/<video>/masklets/<frame>.png (16-bit: the"
+        " index + 1 of the masklet that won the pixel in its window, 0 = none; superpixels: segment"
+        " id + 1); labels are unchanged, so no other configuration; a rerun with it redoes videos"
+        " done without it",
+    )
     add_config_flags(r, RunConfig, "scale-out", "refine")
     add_config_flags(r, RefineConfig, "refiner (defaults: the paper's settings)", "refine")
     add_config_flags(
@@ -628,6 +636,7 @@ def cmd_refine(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         run=run,
         protect=protect,
+        save_masklets=a.save_masklets,
     )
     fps = report.frames / max(report.seconds, 1e-9)
     again = len(set(report.redone) & set(report.done))
