@@ -25,6 +25,10 @@ METRIC_ATOL = 1e-9
 # shapes, so predicted IoU and stability round differently in the last bits.
 SAM2_IOU_ATOL = 1e-5
 SAM2_STABILITY_ATOL = 1e-6
+# vote.upsample_logits (the kernels' evaluation order) vs F.interpolate (the reference's): float
+# rounding, measured below 2e-7 on the tests' logits; with paint order "logit" two masklets whose
+# logits are that close may swap a pixel's winner (the labels agree: both vote the same class).
+UPSAMPLE_ATOL = 1e-5
 
 
 def _tensor(x) -> torch.Tensor:
@@ -117,3 +121,19 @@ def assert_metrics_equal(got, want, what: str, keys=None, atol: float = 0.0) -> 
         if a.shape != b.shape or not _same(a, b, atol).all():
             bad.append(f"{k}: got {got[k]!r}, want {want[k]!r}")
     assert not bad, f"{what}: " + "; ".join(bad)
+
+
+def assert_ids_explain_labels(ids, refined, base, scope: str, what: str) -> None:
+    """One window's masklet ids ((T, H, W): index + 1 of each pixel's paint winner, 0 = none)
+    against its refined and base (T, H, W) labels: the base label wherever no masklet won, and
+    one class per masklet region, over the window with vote scope masklet, per frame with frame."""
+    ids, refined, base = (_tensor(x).long() for x in (ids, refined, base))
+    none = ids == 0
+    assert_equal(refined[none], base[none], f"{what}: refined labels where no masklet won")
+    frame = torch.arange(ids.shape[0])[:, None, None].expand_as(ids)
+    group = (ids if scope == "masklet" else frame * (int(ids.max()) + 1) + ids)[~none]
+    n = int(group.max()) + 1 if group.numel() else 0
+    lowest = torch.full((n,), 1 << 30).scatter_reduce(0, group, refined[~none], "amin")
+    highest = torch.full((n,), -1).scatter_reduce(0, group, refined[~none], "amax")
+    used = highest >= 0
+    assert_equal(lowest[used], highest[used], f"{what}: lowest vs highest refined label per masklet region")

@@ -345,7 +345,12 @@ def test_refine_configs_equal_the_library_defaults():
     assert "pipeline" not in inspect.signature(refine_jobs).parameters  # cfg.pipeline says it
     assert kw.pop("model_cfg") is None and kw.pop("protect") == ()  # None: ModelConfig() when needed
     assert kw.pop("refiner") is None  # a pipeline built beforehand: the Python API's (api.Refiner)
-    assert kw == {"overwrite": a.overwrite, "progress": not a.quiet, "run": run}
+    assert kw == {
+        "overwrite": a.overwrite,
+        "progress": not a.quiet,
+        "run": run,
+        "save_masklets": a.save_masklets,  # an output option: not in the configuration hash
+    }
 
 
 def test_segmentor_configs_equal_the_library_defaults():

@@ -12,7 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checks import AGREEMENT, assert_agreement, label_agreement
+from checks import (
+    AGREEMENT,
+    UPSAMPLE_ATOL,
+    assert_agreement,
+    assert_equal,
+    assert_ids_explain_labels,
+    label_agreement,
+)
 from sam2vss.config import PRESETS, EngineConfig, RefineConfig, SynthConfig
 from sam2vss.data import open_dataset, read_label_png
 from sam2vss.engine import Pipeline
@@ -116,6 +123,67 @@ def test_fast_labels_agree_with_reference(clip, tmp_path, cfg):
         entry["stages_ms_per_frame"]
     )
     assert 0 <= entry["decode_wait_share"] < 1
+
+
+LOWERED = {"grid": 8, "pred_iou_thresh": 0.0, "stability_thresh": 0.6, "stability_offset": 0.02}
+IDS_CASES = {
+    "instances_w7": RefineConfig(masks="instances", window=7),
+    "instances_w3": RefineConfig(masks="instances", window=3),
+    "instances_w1_frame": RefineConfig(masks="instances", window=1, vote_scope="frame"),
+    "instances_w32_logit": RefineConfig(masks="instances", window=32, paint_order="logit"),
+    "sam2_w7": RefineConfig(masks="sam2", window=7, **LOWERED),  # one detection (the official AMG is slow)
+    "superpixel_w3": RefineConfig(masks="superpixel", window=3, vote_scope="frame"),
+}
+
+
+def _recording(tracker, logits: list[torch.Tensor]):
+    """The reference tracker's track(), keeping each frame's (N, H, W) logits in `logits`."""
+    track = tracker.track
+
+    def recorded(*args, **kwargs):
+        for frame in track(*args, **kwargs):
+            logits.append(frame)
+            yield frame
+
+    return recorded
+
+
+@pytest.mark.parametrize("case", list(IDS_CASES))
+def test_masklet_ids_fast_equal_reference_and_explain_the_labels(clip, case):
+    """refine_window(keep_ids=True): the fast pipeline's masklet ids equal the reference's
+    exactly, as the labels do (with paint order logit, except at pixels where the two winners'
+    logits tie within the upsampling's rounding), every window's ids explain its labels (base
+    where no masklet won, one class per masklet region), and ids stay within 0..N."""
+    cfg = IDS_CASES[case]
+    ds, pred = clip
+    windows = [w for _, w in job_windows(dataset_jobs(ds, pred, "val")[0], cfg.window)]
+    reference, fast = Pipeline.reference(cfg, MODEL), Pipeline.fast(cfg, MODEL)
+    logits: list[torch.Tensor] = []  # the reference's, per frame
+    if reference.tracker is not None:
+        reference.tracker.track = _recording(reference.tracker, logits)
+    ref = [reference.refine_window(w, keep_ids=True) for w in windows]
+    got = [fast.refine_window(w, keep_ids=True) for w in windows]
+    want_ids, got_ids = torch.cat([r.ids for r in ref]).long(), torch.cat([r.ids for r in got]).long()
+    assert_equal(torch.cat([r.labels for r in got]), torch.cat([r.labels for r in ref]), f"{case}: labels")
+    differ = (got_ids != want_ids).nonzero()
+    if cfg.paint_order == "logit" and len(differ):  # a tie: the logits of both winners (0: none)
+        print(f"{case}: {len(differ)} of {got_ids.numel()} pixels have another winner (logits tie)")
+        frames = [torch.cat([torch.zeros_like(f[:1]), f]) for f in logits]  # index 0: no masklet, 0
+        t, y, x = differ.unbind(1)
+        at = torch.stack([frames[i][:, j, k] for i, j, k in differ.tolist()])  # (D, N + 1)
+        gap = at.gather(1, got_ids[t, y, x][:, None]) - at.gather(1, want_ids[t, y, x][:, None])
+        assert float(gap.abs().max()) <= UPSAMPLE_ATOL, f"{case}: winners differ by {gap.abs().max()}"
+    else:
+        assert_equal(got_ids, want_ids, f"{case}: masklet ids")
+    scope = cfg.vote_scope
+    [assert_ids_explain_labels(r.ids, r.labels, w.labels, scope, f"{case} window {k}") for k, (r, w) in
+     enumerate(zip(ref, windows, strict=True))]  # fmt: skip
+    assert int(want_ids.max()) > 0, f"{case}: no masklet won a pixel, so the ids test nothing"
+    if cfg.masks == "superpixel":  # a partition: every pixel has its segment
+        assert int(want_ids.min()) == 1
+    else:
+        assert all(int(r.ids.int().max()) <= r.masklets for r in ref)
+    assert reference.refine_window(windows[0]).ids is None  # only when asked
 
 
 def test_zero_masklets_and_one_frame_video(tmp_path):

@@ -249,3 +249,54 @@ def test_isam2_with_sam2_features_on_the_emulated_device(tmp_path, masklets, dev
             ds, "val", tmp_path / "cls.pt", tmp_path / "out", root / "pred_base", model, progress=False
         )
     assert frames == 2 and emu.mismatches == []
+
+
+def _emulated_video(job, out, save_masklets: bool) -> dict:
+    """One video through the fast pipeline (exact, instance masks, windows of 2) on the emulated
+    cuda:1; the emulator's summary plus its D2H copy count."""
+    from tqdm import tqdm
+
+    from sam2vss.engine import Pipeline
+    from sam2vss.video import refine_video
+
+    cfg = RefineConfig(masks="instances", window=2, pipeline="fast")
+    with EmulatedCuda() as emu:
+        refiner = Pipeline.fast(cfg, ModelConfig(image_size=256, device="cuda:1"))
+        emu.instrument(refiner)
+        emu.reset()
+        refine_video(refiner, job, out, cfg.num_classes, tqdm(disable=True), save_masklets=save_masklets)
+    return {**emu.summary(), "d2h_copies": emu.counts["d2h_copies"], "windows": len(emu.windows)}
+
+
+@pytest.fixture(scope="module")
+def masklet_runs(sources, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("masklets")
+    return {
+        flag: (_emulated_video(sources[0], tmp / str(flag), flag), tmp / str(flag)) for flag in (False, True)
+    }
+
+
+def test_saved_masklet_ids_cost_one_copy_per_window_and_no_sync(sources, masklet_runs):
+    """--save-masklets on the emulated device: the uint16 ids come back in one more non-blocking
+    pinned copy per window under the labels' event (2 bytes a pixel), no sync in any frame, no
+    device mix, and the files explain the labels (the base label wherever no masklet won)."""
+    from PIL import Image
+
+    (off, _), (on, out) = masklet_runs[False], masklet_runs[True]
+    job = sources[0]
+    print(f"without: {off}\nwith: {on}")
+    assert off["mismatches"] == on["mismatches"] == 0
+    assert off["syncs_per_frame"] == on["syncs_per_frame"] == 0
+    assert off["syncs_per_window"] <= 5 and on["syncs_per_window"] <= 5  # the instance-mask budget
+    assert on["windows"] == off["windows"] == 2
+    assert on["d2h_copies"] - off["d2h_copies"] == on["windows"]
+    frames = len(job.label_names)
+    assert (on["launches_per_frame"] - off["launches_per_frame"]) * frames == 3 * on[
+        "windows"
+    ]  # stack, +1, cast
+    assert (on["d2h_bytes_per_frame"] - off["d2h_bytes_per_frame"]) * frames == frames * 64 * 96 * 2
+    ids = np.stack([np.asarray(Image.open(out / job.name / "masklets" / n)) for n in job.label_names])
+    refined = np.stack([read_label_png(out / job.name / n) for n in job.label_names])
+    base = np.stack([read_label_png(job.label_dir / n) for n in job.label_names])
+    assert ids.dtype == np.uint16 and ids.max() > 0
+    assert np.array_equal(refined[ids == 0], base[ids == 0])

@@ -415,3 +415,103 @@ def test_video_with_invalid_inputs_is_reported_not_fatal(medium, tmp_path):
     assert run.returncode == 1
     assert "error: video 0002_synth2 failed: prediction folder" in run.stderr and "missing 1" in run.stderr
     assert "refined 2 videos" in run.stdout
+
+
+# ------------------------------------------------------------------ refine --save-masklets
+@pytest.mark.parametrize("scope", ["masklet", "frame"])
+@pytest.mark.parametrize(("n", "fits"), [(65535, True), (65536, False)])
+def test_masklet_ids_refuse_more_than_16_bits(scope, n, fits):
+    """A masklet-id PNG is 16-bit (index + 1): 65535 masklets fit, one more is a clear error."""
+    from sam2vss.data import DataError
+    from sam2vss.vote import ReferenceOps, Votes
+
+    rank = torch.arange(n if scope == "masklet" else 0, dtype=torch.int32)
+    votes = Votes(ReferenceOps(), rank, 2, scope, keep_ids=True)
+    ids, labels = torch.tensor([[-1, n - 1]], dtype=torch.int32), torch.zeros((1, 2), dtype=torch.uint8)
+    hist = torch.zeros((n, 2), dtype=torch.int64)
+    if fits:
+        votes.add_ids(ids, hist, labels)
+        assert votes.masklet_ids().int().tolist() == [[[0, n]]]
+    else:
+        with pytest.raises(DataError, match="more than a 16-bit masklet-id PNG holds"):
+            votes.add_ids(ids, hist, labels)
+
+
+def _masklet_pngs(folder: Path) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    return {
+        str(p.relative_to(folder)): np.asarray(Image.open(p)) for p in sorted(folder.glob("*/masklets/*.png"))
+    }
+
+
+def test_refine_cli_saves_masklet_ids_and_eval_ignores_them(medium, tmp_path, capsys):
+    """`refine --save-masklets`: OUT/<video>/masklets/<frame>.png for every frame, 16-bit, the
+    frame's segment id + 1 (superpixels: every pixel has one); the labels are those of a run
+    without it, and `eval` of the folder gives the metrics of the folder without the subfolders."""
+    import shutil
+
+    from PIL import Image
+
+    from checks import assert_metrics_equal
+    from sam2vss.cli import main
+
+    args = [
+        "refine",
+        "-q",
+        "--data",
+        str(medium),
+        "--pred",
+        str(medium / "pred_base"),
+        "--masks",
+        "superpixel",
+    ]
+    args += ["--superpixel-size", "64"]
+    assert main([*args, "--out", str(tmp_path / "with"), "--save-masklets"]) == 0
+    assert main([*args, "--out", str(tmp_path / "without")]) == 0
+    ids = _masklet_pngs(tmp_path / "with")
+    labels = {str(p.relative_to(tmp_path / "with")): read_label_png(p).tobytes() for p in
+              sorted((tmp_path / "with").glob("*/*.png"))}  # fmt: skip
+    assert sorted(k.replace("/masklets", "") for k in ids) == sorted(labels) and len(ids) == 36
+    assert {Image.open(tmp_path / "with" / k).mode for k in ids} == {"I;16"}
+    assert all(v.dtype == np.uint16 and v.min() >= 1 and v.max() <= 65535 for v in ids.values())
+    assert labels == {k: v.tobytes() for k, v in _read_all(tmp_path / "without").items()}
+    manifest = json.loads((tmp_path / "with" / "manifest.json").read_text())
+    assert {e["masklet_ids"] for e in manifest["videos"].values()} == {True}
+    ds = open_dataset(medium)
+    shutil.copytree(tmp_path / "with", tmp_path / "stripped", ignore=shutil.ignore_patterns("masklets"))
+    assert not list((tmp_path / "stripped").glob("*/masklets"))
+    got = evaluate(ds, tmp_path / "with", cfg=MetricConfig(), progress=False).metrics
+    want = evaluate(ds, tmp_path / "stripped", cfg=MetricConfig(), progress=False).metrics
+    assert_metrics_equal(got, want, "eval with masklet ids vs without")
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "damage", "redone"),
+    [
+        (False, True, False, "its masklet ids were not saved"),  # asked for now: refined again
+        (True, False, False, None),  # saved before, not asked: skipped, the ids stay
+        (True, True, False, None),
+        (True, True, True, "its outputs are missing or were modified"),  # a masklet PNG deleted
+        (False, False, False, None),
+    ],
+    ids=["add", "keep", "again", "damaged", "neither"],
+)
+def test_resume_with_and_without_masklet_ids(medium, tmp_path, capsys, first, second, damage, redone):
+    jobs = dataset_jobs(open_dataset(medium), medium / "pred_base", "val")[:1]
+    out, name = tmp_path / "o", jobs[0].name
+    refine_jobs(jobs, out, SP, progress=False, save_masklets=first)
+    before = {k: v.tobytes() for k, v in _masklet_pngs(out).items()}
+    if damage:
+        next((out / name / "masklets").iterdir()).unlink()
+    capsys.readouterr()
+    report = refine_jobs(jobs, out, SP, progress=False, save_masklets=second)
+    assert report.redone == ({name: redone} if redone else {})
+    assert report.skipped == ([] if redone else [name])
+    if redone:
+        assert f"{name}: refining again: {redone}" in capsys.readouterr().out
+    saved = first if redone is None else second
+    assert json.loads((out / "manifest.json").read_text())["videos"][name]["masklet_ids"] == saved
+    after = {k: v.tobytes() for k, v in _masklet_pngs(out).items()}
+    assert (len(after) == 12) == saved
+    assert after == before or redone is not None

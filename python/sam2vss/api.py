@@ -101,6 +101,7 @@ class Refiner:
         overwrite: bool = False,
         progress: bool = True,
         run: RunConfig | None = None,
+        save_masklets: bool = False,
     ) -> RefineReport:
         """Refine every video of a VSPW-layout dataset folder, as `sam2vss refine` does.
 
@@ -108,12 +109,22 @@ class Refiner:
         folder, pred/<video>/<frame>.png. out: the output folder (guarded, locked, resumable; see
         README "Bad input -> what happens"). split: the split file's name. overwrite: move an
         earlier configuration's outputs to OUT/.superseded/ instead of refusing. progress: a
-        progress bar. run: the runner (RunConfig: local or ray, retries, workers)."""
+        progress bar. run: the runner (RunConfig: local or ray, retries, workers). save_masklets:
+        also write each frame's masklet ids, out/<video>/masklets/<frame>.png (16-bit, index + 1
+        of the masklet that won the pixel, 0 = none)."""
         jobs = dataset_jobs(open_dataset(Path(data)), Path(pred), split)
         run = run or RunConfig()
         refiner = self.pipeline if run.runner == "local" else None
         return refine_jobs(
-            jobs, Path(out), self.config, self.model, overwrite, progress, run, refiner=refiner
+            jobs,
+            Path(out),
+            self.config,
+            self.model,
+            overwrite,
+            progress,
+            run,
+            refiner=refiner,
+            save_masklets=save_masklets,
         )
 
 

@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="--out holds another configuration: move its videos to OUT/.superseded/<time>/ and start"
         " over (nothing is deleted)",
     )
+    r.add_argument("--save-masklets", action="store_true", help=_SAVE_MASKLETS_HELP)
     _add_refiner_flags(r, "refine")
 
     w = sub.add_parser(
@@ -340,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
     w.add_argument("--decoder", choices=DECODERS, default="auto", help="frame decoder (default auto)")
     w.add_argument("--out", type=Path, required=True, help="the sweep's folder")
+    w.add_argument(
+        "--save-masklets", action="store_true", help=_SAVE_MASKLETS_HELP.replace("OUT/", "OUT/<setting>/")
+    )
     w.add_argument(
         "--param",
         action="append",
@@ -621,6 +625,11 @@ def _check_backend(a: argparse.Namespace) -> None:
         )
 
 
+_SAVE_MASKLETS_HELP = (
+    "also write each frame's masklet ids to OUT/<video>/masklets/<frame>.png (16-bit: the index + 1"
+    " of the masklet that won the pixel in its window, 0 = none; superpixels: segment id + 1); labels"
+    " are unchanged, so no other configuration; a rerun with it redoes videos done without it"
+)
 _PRED_FORMAT_HELP = (
     "semantic: label PNGs DIR/<video>/<frame>.png; vps: video-panoptic predictions as DVIS / DVIS++ /"
     " CAVIS write them (DIR/pan_pred/<video>/*.png + DIR/pred.json), converted to class maps first"
@@ -721,6 +730,7 @@ def cmd_refine(a: argparse.Namespace) -> int:
             progress=not a.quiet,
             run=run,
             protect=protect,
+            save_masklets=a.save_masklets,
         )
     fps = report.frames / max(report.seconds, 1e-9)
     again = len(set(report.redone) & set(report.done))
@@ -817,6 +827,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             device=a.device,
             progress=not a.quiet,
             title=_sweep_title(a, base, model_cfg, swept),
+            save_masklets=a.save_masklets,
         )
     print((a.out / "sweep.md").read_text().rstrip())
     if report.written:

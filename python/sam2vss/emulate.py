@@ -393,12 +393,12 @@ class EmulatedCuda:
         emu = self
         run = refiner.refine_window
 
-        def refine_window(window):
+        def refine_window(window, **kwargs):
             counts = WindowCounts(frames=len(window.labels))
             with emu._lock:
                 emu._window, emu.phase = counts, "setup"
             try:
-                return run(window)
+                return run(window, **kwargs)
             finally:
                 with emu._lock:
                     emu.windows.append(counts)

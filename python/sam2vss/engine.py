@@ -12,7 +12,7 @@
        upsampling of the low-resolution logits fused with the paint winner and each masklet's
        votes, no N x H x W tensor ever built)
     -> the painted uint8 labels copied back once per window (pinned, non-blocking, an event the
-       PNG writers wait on).
+       PNG writers wait on), with the uint16 masklet ids when asked (refine --save-masklets).
 Two named constructors pick the parts: `Pipeline.reference` = official generator + official
 predictor + plain ops on the host (the oracle and the baseline); `Pipeline.fast` = batched
 detector + batched tracker + kernels on the model's device. Superpixels have no tracker: both
@@ -224,11 +224,13 @@ class Pipeline:
         return self.tracker.prepare(frames) if self.tracker is not None else None
 
     # ------------------------------------------------------------------ the loop
-    def refine_window(self, window: Window) -> Refined:
+    def refine_window(self, window: Window, keep_ids: bool = False) -> Refined:
+        """One window refined. `keep_ids`: also return each pixel's winning masklet (Refined.ids,
+        refine --save-masklets), copied back with the labels."""
         cfg, st, tracker = self.cfg, self.stages, self.tracker
         labels = window.labels.to(self.device)  # uploaded by the decode thread: a no-op here
         if tracker is None:
-            return self._superpixel_window(window, labels)
+            return self._superpixel_window(window, labels, keep_ids)
         with st.time("preprocess"):
             images = tracker.preprocess(window)
         with torch.inference_mode(), tracker.precision():
@@ -239,38 +241,49 @@ class Pipeline:
             with st.time("detect"):
                 masks, areas = self.source.keyframe(window, keyframe)
             if masks.shape[0] == 0:
-                return self._finish(labels, 0, torch.zeros((), dtype=torch.int64, device=self.device))
+                none = torch.zeros(labels.shape, dtype=torch.uint16, device=self.device) if keep_ids else None
+                return self._finish(labels, 0, torch.zeros((), dtype=torch.int64, device=self.device), none)
             rank = paint_rank(areas.to(self.device), cfg.paint_order)
-            votes = Votes(self.ops, rank, cfg.num_classes, cfg.vote_scope, cfg.paint_order == "logit")
+            by_logit = cfg.paint_order == "logit"
+            votes = Votes(self.ops, rank, cfg.num_classes, cfg.vote_scope, by_logit, keep_ids)
             for logits, s in zip(tracker.track(window, masks, images, keyframe), labels, strict=True):
                 with st.time("aggregate+vote"):
                     votes.add(logits, s)
             with st.time("aggregate+vote"):
-                return self._finish(votes.painted(), masks.shape[0], votes.covered)
+                ids = votes.masklet_ids() if keep_ids else None
+                return self._finish(votes.painted(), masks.shape[0], votes.covered, ids)
 
-    def _superpixel_window(self, window: Window, labels: torch.Tensor) -> Refined:
+    def _superpixel_window(self, window: Window, labels: torch.Tensor, keep_ids: bool) -> Refined:
         """Superpixels: each frame's partition voted and painted on its own (vote scope frame)."""
         c = self.cfg.num_classes
-        votes = Votes(self.ops, torch.zeros(0, dtype=torch.int32), c, "frame")
+        votes = Votes(self.ops, torch.zeros(0, dtype=torch.int32), c, "frame", keep_ids=keep_ids)
         segments = 0
         for frame, s in zip(to_rgb(window.frames), labels, strict=True):
             seg = self.source.frame(frame, tuple(s.shape))
             n = int(seg.max()) + 1
             segments += n
             votes.add_ids(seg, id_histogram(seg, s, n, c), s)
-        return self._finish(votes.painted(), round(segments / len(labels)), votes.covered)
+        ids = votes.masklet_ids() if keep_ids else None
+        return self._finish(votes.painted(), round(segments / len(labels)), votes.covered, ids)
 
-    def _finish(self, painted: torch.Tensor, masklets: int, covered: torch.Tensor) -> Refined:
-        """The painted (T, h, w) uint8 labels and the covered-pixel count, on the host. From a
-        GPU: one non-blocking copy into pinned memory and an event the writers wait on."""
+    def _finish(
+        self, painted: torch.Tensor, masklets: int, covered: torch.Tensor, ids: torch.Tensor | None = None
+    ) -> Refined:
+        """The painted (T, h, w) uint8 labels, the covered-pixel count and, when kept, the (T, h, w)
+        uint16 masklet ids, on the host. From a GPU: one non-blocking copy each into pinned memory
+        and one event after them that the writers wait on (no sync on the compute thread)."""
         if self.device.type != "cuda":
-            self._last = Refined(painted, masklets, covered)
+            self._last = Refined(painted, masklets, covered, ids=ids)
             return self._last
         host = torch.empty(painted.shape, dtype=torch.uint8, pin_memory=True)
         host.copy_(painted, non_blocking=True)
         count = torch.empty(1, dtype=torch.int64, pin_memory=True)
         count.copy_(covered.view(1), non_blocking=True)
+        host_ids = None
+        if ids is not None:
+            host_ids = torch.empty(ids.shape, dtype=torch.uint16, pin_memory=True)
+            host_ids.copy_(ids, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        self._last = Refined(host, masklets, count, ready)
+        self._last = Refined(host, masklets, count, ready, host_ids)
         return self._last

@@ -39,10 +39,11 @@ class RefineActor:
         cfg: RefineConfig,
         model_cfg: ModelConfig | None,
         retries: int,
+        save_masklets: bool = False,
     ):
         from sam2vss.engine import Pipeline
 
-        self.jobs, self.out, self.retries = jobs, Path(out), retries
+        self.jobs, self.out, self.retries, self.save_masklets = jobs, Path(out), retries, save_masklets
         self.refiner = Pipeline.build(cfg, model_cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -51,7 +52,7 @@ class RefineActor:
         names, entries = [], []
         for index in batch["index"]:
             job = self.jobs[int(index)]
-            entry = process_video(self.refiner, job, self.out, self.retries)
+            entry = process_video(self.refiner, job, self.out, self.retries, save_masklets=self.save_masklets)
             entry["worker"] = f"{socket.gethostname()}:{os.getpid()}"
             names.append(job.name)
             entries.append(json.dumps(entry))
@@ -98,8 +99,10 @@ def run_ray(
     workers: int | None,
     address: str | None,
     progress: bool,
+    save_masklets: bool = False,
 ) -> Iterator[tuple[str, dict]]:
-    """Yields (video, manifest entry) as videos finish, in completion order."""
+    """Yields (video, manifest entry) as videos finish, in completion order. `save_masklets`: the
+    actors also write each frame's masklet ids (refine --save-masklets)."""
     import ray
     import ray.data
 
@@ -120,6 +123,7 @@ def run_ray(
             "cfg": cfg,
             "model_cfg": model_cfg,
             "retries": retries,
+            "save_masklets": save_masklets,
         },
         num_cpus=1,
         num_gpus=1 if on_gpu else 0,

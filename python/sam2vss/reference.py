@@ -69,6 +69,10 @@ class Refined:
     masklets: int
     covered: torch.Tensor | int  # label pixels inside at least one masklet (host)
     ready: object | None = None  # a CUDA event recorded after the copies; None: already complete
+    ids: torch.Tensor | None = None  # (T, h, w) uint16 on the host: the index + 1 of the masklet
+    #                                   that won each pixel's paint, 0 = none (superpixels: segment
+    #                                   id + 1); copied with the labels, under `ready`; None unless
+    #                                   refine_window was asked to keep them
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -80,6 +84,13 @@ class Refined:
     def frame(self, t: int) -> np.ndarray:
         self.wait()
         return self.labels[t].numpy()
+
+    def frame_ids(self, t: int) -> np.ndarray:
+        """Frame t's (h, w) uint16 masklet ids (refine_window(keep_ids=True))."""
+        if self.ids is None:
+            raise ValueError("Refined.frame_ids: the window was refined without keep_ids=True")
+        self.wait()
+        return self.ids[t].numpy()
 
     @property
     def stats(self) -> WindowStats:

@@ -7,7 +7,10 @@ run header and each video's status: done with its frames, time, masklets and cov
 window, the digest of its outputs and the record of its inputs, or failed with the error. A
 rerun with the same configuration skips videos that are done, whose outputs are all there and
 whose inputs are unchanged (files whose size or mtime changed are re-hashed), and redoes the
-rest from their first frame, saying why. A failing video is reported and the others go on; bad
+rest from their first frame, saying why. `save_masklets` (refine --save-masklets) also writes
+OUT/<video>/masklets/<frame>.png; it changes no label, so it is not part of the configuration
+hash: each video's entry records whether its masklet ids were saved, and a rerun that asks for
+them redoes the videos that lack them. A failing video is reported and the others go on; bad
 input data (DataError) fails at once, other errors are retried.
 """
 
@@ -181,14 +184,17 @@ def _plan(
     out: Path,
     masks: str,
     checkpoint: Path | None,
+    save_masklets: bool = False,
     write: bool = True,
 ) -> tuple[list[VideoJob], list[str], dict[str, str]]:
     """(videos to refine, videos skipped, why each previously done video is refined again).
 
-    Done means: recorded done, every output there with the recorded digest, and the inputs'
-    bytes as recorded (only files whose size or mtime changed are re-hashed). Entries of schema 1
-    have no input record: their current inputs are recorded now (with `write`; without it the
-    plan only reads, and such a video counts as to do)."""
+    Done means: recorded done, every output there with the recorded digest (the masklet ids
+    included where the entry says they were saved), the inputs' bytes as recorded (only files
+    whose size or mtime changed are re-hashed) and, with `save_masklets`, masklet ids saved.
+    A video done with masklet ids is skipped by a run without them: its labels are the same.
+    Entries of schema 1 have no input record: their current inputs are recorded now (with
+    `write`; without it the plan only reads, and such a video counts as to do)."""
     todo, skipped, redo = [], [], {}
     refreshed = False
     for job in jobs:
@@ -196,8 +202,9 @@ def _plan(
         if job.error is not None or entry.get("status") != "done":
             todo.append(job)
             continue
+        saved = bool(entry.get("masklet_ids", False))
         try:
-            intact = output_digest(job, out) == entry.get("sha256")
+            intact = output_digest(job, out, saved) == entry.get("sha256")
         except FileNotFoundError:
             intact = False
         files = input_files(job, masks, checkpoint)
@@ -206,7 +213,7 @@ def _plan(
         else:
             recorded = outdir.load_record(out, job.name, entry["inputs"])
         changed, now = outdir.changed_inputs(files, recorded or {})
-        if intact and recorded is not None and not changed:
+        if intact and recorded is not None and not changed and (saved or not save_masklets):
             if write and (now != recorded or entry.get("inputs") is None):  # new mtimes: no re-hash next time
                 entry["inputs"] = outdir.save_record(out, job.name, now)
                 refreshed = True
@@ -216,9 +223,11 @@ def _plan(
             redo[job.name] = "its outputs are missing or were modified"
         elif recorded is None:
             redo[job.name] = f"its input record {out / outdir.INPUTS / job.name}.json is missing"
-        else:
+        elif changed:
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             redo[job.name] = f"its inputs changed ({', '.join(changed[:3])}{more})"
+        else:
+            redo[job.name] = "its masklet ids were not saved"
         todo.append(job)
     if refreshed:
         manifest.save()
@@ -252,10 +261,12 @@ def finished(
     cfg: RefineConfig,
     model_cfg: ModelConfig | None,
     runner: str = "local",
+    save_masklets: bool = False,
 ) -> bool:
     """True when `refine_jobs` would find nothing to do in OUT: its manifest is this
     configuration's, and every job is done with its outputs intact and its inputs unchanged.
-    Only reads (no lock, no model): how a finished sweep reruns without writing anything."""
+    `save_masklets`: the run asks for masklet ids (videos done without them are to do). Only
+    reads (no lock, no model): how a finished sweep reruns without writing anything."""
     old = outdir.read_manifest(Path(out))
     settings = refine_settings(cfg, model_cfg, model_dtype=model_dtype(cfg, model_cfg, runner))
     if old is None or old["config_hash"] != _hash(settings):
@@ -263,7 +274,7 @@ def finished(
     ckpt = checkpoint_path(model_cfg, cfg.masks)
     if ckpt is not None and not ckpt.is_file():
         return False
-    todo, _, _ = _plan(jobs, Manifest(Path(out), old), Path(out), cfg.masks, ckpt, write=False)
+    todo, _, _ = _plan(jobs, Manifest(Path(out), old), Path(out), cfg.masks, ckpt, save_masklets, write=False)
     return not todo
 
 
@@ -277,12 +288,15 @@ def refine_jobs(
     run: RunConfig = RunConfig(),
     protect: Sequence[Input] = (),
     refiner: Pipeline | None = None,
+    save_masklets: bool = False,
 ) -> RefineReport:
     """Refine every job not already done in OUT (manifest), with cfg.pipeline (`reference` or
     `fast`) and run.runner (`local` or `ray`). Nothing is written before --out is found clear of every
     input (`protect`: named by the CLI's flags; then each job's folders), writable, and locked
     for this run; each refusal is an OutputError (a DataError: exit 2 at the CLI). `refiner`: a
-    pipeline already built from the same `cfg` (the local runner then builds none)."""
+    pipeline already built from the same `cfg` (the local runner then builds none).
+    `save_masklets`: also write each frame's masklet ids, OUT/<video>/masklets/<frame>.png
+    (16-bit: the index + 1 of the masklet that won the pixel in its window, 0 = none)."""
     out = Path(out)
     if refiner is not None and refiner.cfg != cfg:
         raise ValueError("refine_jobs: `refiner` was built from another RefineConfig than `cfg`")
@@ -318,7 +332,7 @@ def refine_jobs(
         )
         report = RefineReport([], [], {}, 0, 0.0, header=format_header(header))
         print(report.header)
-        todo, report.skipped, report.redone = _plan(jobs, manifest, out, cfg.masks, ckpt_path)
+        todo, report.skipped, report.redone = _plan(jobs, manifest, out, cfg.masks, ckpt_path, save_masklets)
         for name, why in report.redone.items():
             print(f"{name}: refining again: {why}")
         if not todo:
@@ -330,9 +344,13 @@ def refine_jobs(
             from sam2vss.ray_runner import run_ray
 
             records = {j.name: _record(j, cfg.masks, ckpt_path) for j in todo if j.error is None}
-            results = run_ray(todo, out, cfg, model_cfg, run.retries, run.workers, run.ray_address, progress)
+            results = run_ray(
+                todo, out, cfg, model_cfg, run.retries, run.workers, run.ray_address, progress, save_masklets
+            )
         else:
-            results = _run_local(refiner, todo, out, run.retries, bar, records, cfg.masks, ckpt_path)
+            results = _run_local(
+                refiner, todo, out, run.retries, bar, records, cfg.masks, ckpt_path, save_masklets
+            )
         with bar:
             bar.set_description(f"videos 0/{len(todo)}")
             for k, (name, entry) in enumerate(results, 1):  # the driver is the manifest's only writer
@@ -367,6 +385,7 @@ def _run_local(
     records: dict[str, dict],
     masks: str,
     checkpoint: Path | None,
+    save_masklets: bool,
 ) -> Iterator[tuple[str, dict]]:
     for job in todo:
         if job.error is None:
@@ -375,7 +394,7 @@ def _run_local(
             except (DataError, OSError) as e:
                 yield job.name, failed_entry(str(e), traceback.format_exc(), 0)
                 continue
-        yield job.name, process_video(refiner, job, out, retries, bar)
+        yield job.name, process_video(refiner, job, out, retries, bar, save_masklets)
 
 
 def _finish(

@@ -1,4 +1,5 @@
-"""Output writers: label PNGs in the prediction-folder layout, JSON, and atomic file replacement.
+"""Output writers: label PNGs in the prediction-folder layout, 16-bit masklet-id PNGs, JSON, and
+atomic file replacement.
 
 Every file is written under a temporary name in its final folder and renamed when complete, so
 an interrupted run never leaves a file that looks finished.
@@ -46,6 +47,16 @@ def encode_label_png(labels: np.ndarray, palette: bool = True) -> Image.Image:
 def write_label_png(path: Path, labels: np.ndarray, palette: bool = True) -> None:
     """(H, W) uint8 class ids -> palette PNG (VSPW palette) or grayscale PNG, atomically."""
     im = encode_label_png(labels, palette)
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+
+
+def write_id_png(path: Path, ids: np.ndarray) -> None:
+    """(H, W) uint16 masklet ids (refine --save-masklets: index + 1, 0 = none) -> a 16-bit
+    grayscale PNG (Pillow mode I;16), atomically."""
+    if ids.dtype != np.uint16 or ids.ndim != 2:
+        raise ValueError(f"{path}: masklet ids must be (H, W) uint16, got {ids.dtype} {ids.shape}")
+    h, w = ids.shape
+    im = Image.frombytes("I;16", (w, h), np.ascontiguousarray(ids, dtype="<u2").tobytes())
     atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
 
 

@@ -191,6 +191,7 @@ def run_sweep(
     device: str | None = None,
     progress: bool = True,
     title: str = "",
+    save_masklets: bool = False,
 ) -> SweepReport:
     """Refine and evaluate each setting not already done, then write the summary files where
     they changed. A setting whose videos fail is reported and the others go on."""
@@ -199,13 +200,22 @@ def run_sweep(
     check_folder(out, items, run.runner)
     gt = gt_digest(dataset, split)
     report = SweepReport([])
-    todo = [s for s in items if not refine.finished(jobs, out / s.name, s.cfg, s.model, run.runner)]
+    todo = [
+        s for s in items if not refine.finished(jobs, out / s.name, s.cfg, s.model, run.runner, save_masklets)
+    ]
     if todo:
         outdir.check_writable(out, "--out")
     for k, s in enumerate(todo, 1):
         print(f"sweep {k}/{len(todo)}: {s.name} -> {out / s.name}")
         result = refine.refine_jobs(
-            jobs, out / s.name, s.cfg, s.model, progress=progress, run=run, protect=protect
+            jobs,
+            out / s.name,
+            s.cfg,
+            s.model,
+            progress=progress,
+            run=run,
+            protect=protect,
+            save_masklets=save_masklets,
         )
         report.refined.append(s.name)
         if result.failed:

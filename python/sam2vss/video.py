@@ -6,6 +6,8 @@ images resized) -> `Pipeline.refine_window` (encode -> detect -> propagate -> ag
 engine.py) -> sinks (a thread pool writing PNGs atomically while the next window computes).
 `process_video` wraps it for a run: a staged folder OUT/.partial/<video> moved into place when
 complete, bad input (DataError) failing at once, other errors retried, and the manifest entry.
+With `save_masklets` each frame's masklet ids go to OUT/<video>/masklets/<frame>.png (16-bit),
+staged and published with the labels; `eval` reads only the label PNGs beside that folder.
 refine.py (jobs, manifest, runner choice) and the Ray runner (ray_runner.py) call down into it.
 """
 
@@ -37,7 +39,7 @@ from sam2vss.engine import Pipeline
 from sam2vss.labels import NUM_CLASSES
 from sam2vss.reference import Refined, Window
 from sam2vss.report import masklet_summary
-from sam2vss.sinks import write_label_png
+from sam2vss.sinks import write_id_png, write_label_png
 from sam2vss.sources import Prefetcher, open_source
 
 log = logging.getLogger(__name__)
@@ -56,14 +58,21 @@ class VideoJob:
     decoder: str = "auto"  # sources.DECODERS; frame-exact, so not part of the configuration hash
 
 
-def output_names(job: VideoJob) -> list[str]:
-    return [Path(n).stem + ".png" for n in job.label_names]
+MASKLET_DIR = "masklets"  # OUT/<video>/masklets/<frame>.png: the masklet ids (--save-masklets)
 
 
-def output_digest(job: VideoJob, out: Path) -> str:
-    """sha256 over a video's output files in frame order (raises FileNotFoundError if one is missing)."""
+def output_names(job: VideoJob, masklet_ids: bool = False) -> list[str]:
+    """A video's output files relative to OUT/<video>: its label PNGs in frame order, then, with
+    `masklet_ids`, its masklet-id PNGs in frame order."""
+    names = [Path(n).stem + ".png" for n in job.label_names]
+    return names + [f"{MASKLET_DIR}/{n}" for n in names] if masklet_ids else names
+
+
+def output_digest(job: VideoJob, out: Path, masklet_ids: bool = False) -> str:
+    """sha256 over a video's output files (`output_names`; raises FileNotFoundError if one is
+    missing). Without masklet ids it is the digest folders had before they existed."""
     h = hashlib.sha256()
-    for name in output_names(job):
+    for name in output_names(job, masklet_ids):
         h.update(name.encode())
         h.update(hashlib.sha256((Path(out) / job.name / name).read_bytes()).digest())
     return h.hexdigest()
@@ -127,8 +136,10 @@ def refine_video(
     num_classes: int,
     bar: tqdm,
     window_stats: list[Refined] | None = None,
+    save_masklets: bool = False,
 ) -> int:
-    """Refine one video into OUT/<video>/; returns its frame count.
+    """Refine one video into OUT/<video>/ (with `save_masklets`, its masklet ids into
+    OUT/<video>/masklets/); returns its frame count.
 
     The loop: decode (a background thread, one window ahead) -> `refiner.refine_window` (encode
     -> detect -> propagate -> aggregate -> vote, engine.py) -> sinks (a thread pool, PNG encoding
@@ -137,18 +148,19 @@ def refine_video(
     `window_stats` gets each window's Refined (its `.stats`: masklets, coverage, read once the
     writes are done)."""
     written = 0
-    for stale in (out / job.name).glob(".*.tmp"):  # left by a killed run: its writes never completed
-        stale.unlink(missing_ok=True)
+    for stale in [*(out / job.name).glob(".*.tmp"), *(out / job.name / MASKLET_DIR).glob(".*.tmp")]:
+        stale.unlink(missing_ok=True)  # left by a killed run: its writes never completed
     windows = Prefetcher(refiner_windows(refiner, job, num_classes=num_classes))
     writes: list[Future] = []
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam2vss-write")
     t_window = time.perf_counter()
     try:
         for start, window in windows:
-            refined = refiner.refine_window(window)
+            refined = refiner.refine_window(window, keep_ids=save_masklets)
             for t in range(len(refined)):
-                path = out / job.name / (Path(job.label_names[start + t]).stem + ".png")
-                writes.append(pool.submit(_write_frame, path, refined, t, num_classes))
+                name = Path(job.label_names[start + t]).stem + ".png"
+                ids = out / job.name / MASKLET_DIR / name if save_masklets else None
+                writes.append(pool.submit(_write_frame, out / job.name / name, refined, t, num_classes, ids))
             if window_stats is not None:  # read after the writes: waiting here would stall the GPU
                 window_stats.append(refined)
             t0 = time.perf_counter()
@@ -167,12 +179,15 @@ def refine_video(
     return written
 
 
-def _write_frame(path: Path, refined: Refined, t: int, num_classes: int) -> None:
-    """On a writer thread: wait for the window's device copy, check, write the PNG atomically."""
+def _write_frame(path: Path, refined: Refined, t: int, num_classes: int, ids_path: Path | None) -> None:
+    """On a writer thread: wait for the window's device copy, check, write the PNG atomically
+    (and the masklet-id PNG to `ids_path`)."""
     labels = refined.frame(t)
     if labels.max(initial=0) >= num_classes:
         raise RuntimeError(f"{path}: refined label {labels.max()} is outside 0..{num_classes - 1}")
     write_label_png(path, labels)
+    if ids_path is not None:
+        write_id_png(ids_path, refined.frame_ids(t))
 
 
 def _drain(writes: list[Future], keep: int, bar: tqdm) -> int:
@@ -216,11 +231,19 @@ def failed_entry(error: str, trace: str, attempts: int) -> dict:
     return {"status": "failed", "error": error, "traceback": trace, "attempts": attempts}
 
 
-def process_video(refiner: Pipeline, job: VideoJob, out: Path, retries: int, bar: tqdm | None = None) -> dict:
+def process_video(
+    refiner: Pipeline,
+    job: VideoJob,
+    out: Path,
+    retries: int,
+    bar: tqdm | None = None,
+    save_masklets: bool = False,
+) -> dict:
     """Refine one video into OUT/.partial/<video>, then move it to OUT/<video>; the manifest entry
     (never raises, except KeyboardInterrupt after dropping the partial video). A DataError (bad
     input) fails at once: the same bytes fail the same way. Other errors are retried `retries`
-    times."""
+    times. `save_masklets`: the masklet ids too (OUT/<video>/masklets/), recorded in the entry
+    ("masklet_ids") and covered by its digest, so a resume knows whether they are there."""
     if job.error is not None:
         return failed_entry(job.error, "", 0)
     bar = bar if bar is not None else tqdm(disable=True)
@@ -237,7 +260,7 @@ def process_video(refiner: Pipeline, job: VideoJob, out: Path, retries: int, bar
         t0, n0 = time.perf_counter(), bar.n
         refiner.stages.reset()
         try:
-            n = refine_video(refiner, job, stage.parent, c, bar, windows)
+            n = refine_video(refiner, job, stage.parent, c, bar, windows, save_masklets)
             stats = [w.stats for w in windows]  # complete: the writers waited for every copy
         except Exception as e:  # one bad video never takes down the batch
             bar.update(n0 - bar.n)  # the attempt's frames are not output
@@ -258,8 +281,9 @@ def process_video(refiner: Pipeline, job: VideoJob, out: Path, retries: int, bar
             "seconds": round(dt, 3),
             "fps": round(n / dt, 3),
             "attempts": attempt + 1,
-            "sha256": output_digest(job, out),
+            "sha256": output_digest(job, out, save_masklets),
             "masklets": masklet_summary(stats),
+            "masklet_ids": save_masklets,  # OUT/<video>/masklets/ written (and in the digest)
             # per-frame stage times; "decode wait" and "write wait" are the compute thread blocked
             "stages_ms_per_frame": refiner.stages.per_frame_ms(n),
             "decode_wait_share": round(refiner.stages.share("decode wait", dt), 4),

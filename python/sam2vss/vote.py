@@ -18,6 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sam2vss.data import DataError
+
+# A masklet-id map (refine --save-masklets) is a 16-bit PNG holding index + 1, 0 = no masklet.
+MAX_MASKLET_IDS = 65535
+
 _LERPS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 
@@ -164,14 +169,24 @@ class Votes:
     """One window's votes, with any vote ops (METRICS.md 8.5). Masklet scope: each masklet's
     histogram sums over the window, one decision, every frame painted at the end; frame scope:
     decided and painted frame by frame. Paint order: `rank` (paint_rank); ties: decide's lowest
-    class. `covered` counts label pixels won by a masklet, on the ops' device (no host sync)."""
+    class. `covered` counts label pixels won by a masklet, on the ops' device (no host sync).
+    `keep_ids`: keep each frame's paint winners for `masklet_ids` (refine --save-masklets); the
+    masklet scope keeps them anyway, to paint at the end."""
 
-    def __init__(self, ops, rank: torch.Tensor, num_classes: int, scope: str, by_logit: bool = False):
+    def __init__(
+        self,
+        ops,
+        rank: torch.Tensor,
+        num_classes: int,
+        scope: str,
+        by_logit: bool = False,
+        keep_ids: bool = False,
+    ):
         self.ops, self.rank, self.num_classes = ops, rank, num_classes
-        self.scope, self.by_logit = scope, by_logit
+        self.scope, self.by_logit, self.keep_ids = scope, by_logit, keep_ids
         self.hists = torch.zeros((rank.numel(), num_classes), dtype=torch.int64, device=rank.device)
         self.covered = torch.zeros((), dtype=torch.int64, device=rank.device)
-        self.ids: list[torch.Tensor] = []
+        self.ids: list[torch.Tensor] = []  # per frame (H, W) int32 paint winner, -1: none
         self.labels: list[torch.Tensor] = []
         self.out: list[torch.Tensor] = []
 
@@ -182,9 +197,17 @@ class Votes:
 
     def add_ids(self, ids: torch.Tensor, hist: torch.Tensor, labels: torch.Tensor) -> None:
         """One frame's (H, W) int32 masklet ids (-1: none) and their (N, C) votes."""
+        if self.keep_ids and hist.shape[0] > MAX_MASKLET_IDS:  # N is the shape: no host sync
+            raise DataError(
+                f"--save-masklets: a frame has {hist.shape[0]} masklets, more than a 16-bit masklet-id"
+                f" PNG holds ({MAX_MASKLET_IDS}); refine without --save-masklets, or with fewer"
+                " masklets (--max-masklets, a larger --superpixel-size)"
+            )
         self.covered += (ids >= 0).sum()
         if self.scope == "frame":
             self.out.append(self.ops.paint(ids, self.ops.decide(hist), labels))
+            if self.keep_ids:
+                self.ids.append(ids)
         else:
             self.ids.append(ids)
             self.labels.append(labels)
@@ -196,3 +219,10 @@ class Votes:
             classes = self.ops.decide(self.hists)
             self.out = [self.ops.paint(i, classes, s) for i, s in zip(self.ids, self.labels, strict=True)]
         return torch.stack(self.out)
+
+    def masklet_ids(self) -> torch.Tensor:
+        """The window's (T, H, W) uint16 paint winners + 1 (0: no masklet), on the ops' device:
+        three launches per window (stack, add, narrow), none per frame."""
+        if not self.keep_ids:
+            raise ValueError("Votes.masklet_ids: built without keep_ids=True, so no ids were kept")
+        return torch.stack(self.ids).to(torch.int32).add_(1).to(torch.uint16)
