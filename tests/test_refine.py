@@ -515,3 +515,28 @@ def test_resume_with_and_without_masklet_ids(medium, tmp_path, capsys, first, se
     after = {k: v.tobytes() for k, v in _masklet_pngs(out).items()}
     assert (len(after) == 12) == saved
     assert after == before or redone is not None
+
+
+@pytest.mark.parametrize("pipeline", ["reference", "fast"])
+def test_every_entry_point_builds_the_configured_pipeline(pipeline, tiny, tmp_path, monkeypatch):
+    """refine_jobs, the Ray actors' Pipeline.build and sam2vss.Refiner build cfg.pipeline's parts
+    (they once built the fast pipeline for `--pipeline reference`)."""
+    from sam2vss import Refiner
+    from sam2vss.engine import Pipeline
+    from sam2vss.reference import OfficialTracker
+
+    cfg = RefineConfig(masks="instances", window=5, pipeline=pipeline)
+    official = {"reference": True, "fast": False}[pipeline]
+    assert isinstance(Pipeline.build(cfg, MODEL).tracker, OfficialTracker) is official
+    assert isinstance(Refiner(cfg, MODEL).pipeline.tracker, OfficialTracker) is official
+    built = []
+    original = Pipeline.build.__func__
+
+    def record(cls, *args, **kwargs):
+        built.append(original(cls, *args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(Pipeline, "build", classmethod(record))
+    ds, pred = tiny
+    refine_jobs(dataset_jobs(ds, pred, "val")[:1], tmp_path / "out", cfg, MODEL, progress=False)
+    assert len(built) == 1 and isinstance(built[0].tracker, OfficialTracker) is official

@@ -55,6 +55,9 @@ def test_sweep_rows_equal_separate_refine_and_eval(case, data, tmp_path, monkeyp
     rows = doc["rows"]
     assert [str(r["values"][param]) for r in rows] == values.split(",")
     assert len({json.dumps(r["metrics"], sort_keys=True) for r in rows}) >= 2  # the setting matters
+    shared = [r["setting"] for r in rows] if case != "superpixel" else None  # one SAM2 for all rows
+    assert doc["model_shared_by"] == ([shared] if shared else [])
+    assert ("- model: " + ", ".join(shared or []) in (out / "sweep.md").read_text()) is bool(shared)
     root, pred = data
     for row in rows:
         value = str(row["values"][param])

@@ -58,6 +58,28 @@ from sam2vss.stages import Stages
 from sam2vss.vote import ReferenceOps, Votes, id_histogram, paint_rank
 
 
+def _fast_models(
+    model_cfg: ModelConfig, engine: EngineConfig, backend: str, device: torch.device, bf16: bool
+):
+    """The fast pipeline's models: the predictor (detection), the tracking model (the same one,
+    or the same weights at the preset's smaller input) and its BatchedTracker."""
+    predictor = sam2_model.build(model_cfg, video=True)
+    size = engine.track_size(predictor.image_size)
+    if bf16:  # detection and tracking share the bf16 weights
+        to_bf16(predictor)
+    track_model = predictor
+    if size != predictor.image_size:  # same weights, smaller input: a second, cheaper tracker
+        track_model = sam2_model.build(replace(model_cfg, image_size=size))
+        if bf16:
+            to_bf16(track_model)
+    fit_rope_tables(track_model)
+    apply_backend(track_model, backend, model_cfg, engine.encode_batch)
+    batched = BatchedTracker(
+        track_model, engine.encode_batch, engine.memory_frames, default_chunk_tokens(device, size)
+    )
+    return predictor, track_model, batched
+
+
 class FastTracker:
     """BatchedTracker with the fast pipeline's model input and precision (EngineConfig): yields
     (N, h, w) low-resolution logits per frame on the model's device."""
@@ -130,6 +152,38 @@ class DetectedMasks:
         return keep_largest(found.masks[nonempty], found.areas[nonempty], self.engine.max_masklets)
 
 
+class ModelCache:
+    """SAM2 built once per (pipeline, model, engine, backend) for every Pipeline built with the
+    same cache (`sam2vss sweep`: the settings of a window or threshold sweep share one model).
+    Sound because nothing a refinement does changes the model: the weights, the bf16 cast, the
+    RoPE tables and a compiled backend depend only on the key, and the trackers keep no state
+    between windows (tests/test_sweep.py compares each swept row with a refine of its own)."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple, object] = {}
+
+    def get(self, key: tuple, build):
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
+
+    @property
+    def builds(self) -> int:
+        return len(self._built)
+
+
+def model_key(
+    cfg: RefineConfig, model_cfg: ModelConfig | None, engine: EngineConfig | None = None
+) -> tuple | None:
+    """What a pipeline's SAM2 depends on (ModelCache's key); None for superpixels (no model)."""
+    if cfg.masks == "superpixel":
+        return None
+    model_cfg = model_cfg or ModelConfig()
+    if cfg.pipeline == "reference":
+        return ("reference", model_cfg)
+    return ("fast", model_cfg, engine or cfg.fast_engine(), cfg.backend)
+
+
 class Pipeline:
     """Refines one window at a time; build it once (it builds SAM2 once) with `Pipeline.build`,
     `Pipeline.reference` or `Pipeline.fast`. Parts: `source` (keyframe masklets), `tracker`
@@ -147,17 +201,25 @@ class Pipeline:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def build(
-        cls, cfg: RefineConfig, model_cfg: ModelConfig | None = None, pipeline: str = "fast"
+        cls,
+        cfg: RefineConfig,
+        model_cfg: ModelConfig | None = None,
+        pipeline: str | None = None,
+        models: ModelCache | None = None,
     ) -> Pipeline:
-        """The refiner of `pipeline` (reference or fast)."""
+        """The refiner of `pipeline` (reference or fast; default cfg.pipeline); `models`: reuse
+        the SAM2 built for an earlier pipeline with the same model settings."""
+        pipeline = pipeline or cfg.pipeline
         if pipeline == "reference":
-            return cls.reference(cfg, model_cfg)
+            return cls.reference(cfg, model_cfg, models)
         if pipeline == "fast":
-            return cls.fast(cfg, model_cfg)
+            return cls.fast(cfg, model_cfg, models=models)
         raise ValueError(f"unknown pipeline {pipeline!r}; expected reference or fast")
 
     @classmethod
-    def reference(cls, cfg: RefineConfig, model_cfg: ModelConfig | None = None) -> Pipeline:
+    def reference(
+        cls, cfg: RefineConfig, model_cfg: ModelConfig | None = None, models: ModelCache | None = None
+    ) -> Pipeline:
         """The paper's refiner with the official SAM2 classes: the official generator (or the
         instance masks), SAM2VideoPredictor per object, the plain torch vote ops on the host."""
         host = torch.device("cpu")
@@ -165,7 +227,8 @@ class Pipeline:
             return cls(cfg, Superpixels(cfg), None, ReferenceOps(), host, Stages())
         model_cfg = model_cfg or ModelConfig()
         device = sam2_model.use_device(model_cfg.device)
-        predictor = sam2_model.build(model_cfg, video=True)
+        key = model_key(replace(cfg, pipeline="reference"), model_cfg)
+        predictor = (models or ModelCache()).get(key, lambda: sam2_model.build(model_cfg, video=True))
         source = OfficialAMG(predictor, cfg, device) if cfg.masks == "sam2" else InstanceMasks(host)
         tracker = OfficialTracker(predictor, device)
         return cls(cfg, source, tracker, ReferenceOps(), host, Stages(), model_device=device)
@@ -177,30 +240,22 @@ class Pipeline:
         model_cfg: ModelConfig | None = None,
         synced_stages: bool = False,
         engine: EngineConfig | None = None,
+        models: ModelCache | None = None,
     ) -> Pipeline:
         """The fast pipeline: the batched detector (or the instance masks), BatchedTracker and the
         kernels, all on the model's device. `engine` overrides cfg's (cfg.fast_engine(): the
-        preset's with cfg.engine's overrides); `synced_stages` times stages with device syncs."""
+        preset's with cfg.engine's overrides); `synced_stages` times stages with device syncs;
+        `models`: reuse the SAM2 built for an earlier pipeline with the same model settings."""
         engine = engine or cfg.fast_engine()
         if cfg.masks == "superpixel":  # no model stage: the reference's parts
             return cls.reference(cfg, model_cfg)
         model_cfg = model_cfg or ModelConfig()
         device = sam2_model.use_device(model_cfg.device)
         ops = kernel_ops(device)  # labels, votes and painted maps live on the model's device
-        predictor = sam2_model.build(model_cfg, video=True)
         bf16 = engine.use_bf16(device)
-        size = engine.track_size(predictor.image_size)
-        if bf16:  # detection and tracking share the bf16 weights
-            to_bf16(predictor)
-        track_model = predictor
-        if size != predictor.image_size:  # same weights, smaller input: a second, cheaper tracker
-            track_model = sam2_model.build(replace(model_cfg, image_size=size))
-            if bf16:
-                to_bf16(track_model)
-        fit_rope_tables(track_model)
-        apply_backend(track_model, cfg.backend, model_cfg, engine.encode_batch)
-        batched = BatchedTracker(
-            track_model, engine.encode_batch, engine.memory_frames, default_chunk_tokens(device, size)
+        key = model_key(replace(cfg, pipeline="fast"), model_cfg, engine)
+        predictor, track_model, batched = (models or ModelCache()).get(
+            key, lambda: _fast_models(model_cfg, engine, cfg.backend, device, bf16)
         )
         stages = Stages(device, synced=synced_stages)
         tracker = FastTracker(batched, engine, device, bf16, stages)

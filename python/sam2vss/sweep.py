@@ -11,8 +11,10 @@ The decision to know: a setting is done when `refine.finished` says so (every vi
 outputs intact, its inputs unchanged) and its eval.json was computed from exactly those outputs
 (the folder's configuration hash and output digests), with the same metric settings, against the
 same GT bytes. Both checks only read, so rerunning a finished sweep builds no model and writes
-nothing. Shared work: the settings evaluated in one pass decode each GT frame once (the rows say
-with which others); refinements share nothing, so each row's seconds are its own refine time.
+nothing. Shared work, where no output depends on it: the settings refined in one run with the
+same model, pipeline, engine and backend use one SAM2 build (engine.ModelCache), and the
+settings evaluated in one pass decode each GT frame once; sweep.md lists both. Each row's
+refinement is its own (its seconds too).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from sam2vss import outdir, refine
 from sam2vss.config import PRESETS, EngineConfig, MetricConfig, RefineConfig, RunConfig
 from sam2vss.data import Dataset
+from sam2vss.engine import ModelCache, Pipeline, model_key
 from sam2vss.evaluate import evaluate_methods
 from sam2vss.model import ModelConfig
 from sam2vss.sinks import atomic_write, write_json
@@ -105,6 +108,7 @@ class SweepReport:
     evaluated: list[str] = field(default_factory=list)  # settings evaluated in this run
     failed: dict[str, str] = field(default_factory=dict)  # setting -> why
     written: list[str] = field(default_factory=list)  # summary files (re)written
+    models_built: int = 0  # pipelines built in this run that did not reuse an earlier one's SAM2
 
 
 def gt_digest(dataset: Dataset, split: str) -> str:
@@ -205,17 +209,12 @@ def run_sweep(
     ]
     if todo:
         outdir.check_writable(out, "--out")
+    models = ModelCache()  # one SAM2 per (pipeline, model, engine, backend) for all settings
     for k, s in enumerate(todo, 1):
         print(f"sweep {k}/{len(todo)}: {s.name} -> {out / s.name}")
+        refiner = Pipeline.build(s.cfg, s.model, models=models) if run.runner == "local" else None
         result = refine.refine_jobs(
-            jobs,
-            out / s.name,
-            s.cfg,
-            s.model,
-            progress=progress,
-            run=run,
-            protect=protect,
-            save_masklets=save_masklets,
+            jobs, out / s.name, s.cfg, s.model, False, progress, run, protect, refiner, save_masklets
         )
         report.refined.append(s.name)
         if result.failed:
@@ -223,6 +222,7 @@ def run_sweep(
             report.failed[s.name] = (
                 f"{len(result.failed)} of {len(jobs)} videos failed (first: {name}: {error})"
             )
+    report.models_built = models.builds
     ready = [s for s in items if s.name not in report.failed]
     keys = {s.name: _eval_key(out / s.name, metric, gt, split) for s in ready}
     stale = [s for s in ready if (_read_json(out / s.name / EVAL_FILE) or {}).get("key") != keys[s.name]]
@@ -244,7 +244,13 @@ def run_sweep(
     base = (_read_json(out / BASE_EVAL) or {}) if base_ok else {}
     base_row = {k: base[k] for k in ("metrics", "gt_decode_shared_with") if k in base}
     params = [p for p, _ in items[0].values] if items else []
-    report.written = write_summary(out, report.rows, params, title, base_row)
+    groups: dict[tuple, list[str]] = {}
+    for s in items:
+        key = model_key(s.cfg, s.model)
+        if key is not None:
+            groups.setdefault(key, []).append(s.name)
+    shared = [names for names in groups.values() if len(names) > 1]
+    report.written = write_summary(out, report.rows, params, title, base_row, shared)
     return report
 
 
@@ -272,7 +278,13 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None or v != v else f"{100 * v:.2f}"
 
 
-def format_markdown(rows: list[dict], params: list[str], title: str, base: dict | None = None) -> str:
+def format_markdown(
+    rows: list[dict],
+    params: list[str],
+    title: str,
+    base: dict | None = None,
+    models: Sequence[list[str]] = (),
+) -> str:
     """The paper's ablation layout: one row per setting (the base predictions first, where
     evaluated), metrics in percent, masklets per window, refine seconds; notes below."""
     head = [*params, *(h for h, _ in COLUMNS), "masklets/window", "seconds"]
@@ -296,11 +308,19 @@ def format_markdown(rows: list[dict], params: list[str], title: str, base: dict 
         " frames). Masklets per window: the mean over all windows of all videos (superpixels:"
         " segments per frame). Seconds: the setting's refine time, model build excluded.",
     ]
+    lines += [
+        "",
+        "Shared work (no output depends on it; each row equals a refine + eval of its own): rows"
+        " refined in one run with the same SAM2 model, pipeline, engine and backend use one model"
+        " build" + (":" if models else " (no two rows here have the same)."),
+    ]
+    lines += [f"- model: {', '.join(names)}" for names in models]
     shared = [r for r in rows if r.get("gt_decode_shared_with")]
-    lines += ["", "Shared work: refinements share nothing."]
     if shared:
-        lines[-1] += " Rows evaluated in one pass decoded each GT frame once for all of them:"
+        lines += ["", "Rows evaluated in one pass decoded each GT frame once for all of them:"]
         lines += [f"- {r['setting']}: with {', '.join(r['gt_decode_shared_with'])}" for r in shared]
+    lines += ["", "Not shared: each row's refinement (its seconds are its own), e.g. the keyframe's AMG"]
+    lines[-1] += " candidates are computed again for each threshold value."
     failed = [r for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", "Failed settings (fix the inputs named and rerun the same command):"]
@@ -343,14 +363,20 @@ def _write_text(path: Path, text: str) -> bool:
 
 
 def write_summary(
-    out: Path, rows: list[dict], params: list[str], title: str, base: dict | None = None
+    out: Path,
+    rows: list[dict],
+    params: list[str],
+    title: str,
+    base: dict | None = None,
+    models: Sequence[list[str]] = (),
 ) -> list[str]:
     """sweep.md, .csv, .json and .png, each only where its content changed; the names written."""
     doc = {"title": title, "params": params, "columns": [k for _, k in COLUMNS], "base": base or None}
+    doc["model_shared_by"] = list(models)
     text = json.dumps(doc | {"rows": rows}, indent=2, default=str) + "\n"
     written = [name for name, body in (
         ("sweep.json", text),
-        ("sweep.md", format_markdown(rows, params, title, base)),
+        ("sweep.md", format_markdown(rows, params, title, base, models)),
         ("sweep.csv", format_csv(rows, params, base)),
     ) if _write_text(out / name, body)]  # fmt: skip
     if "sweep.json" in written or not (out / "sweep.png").exists():
