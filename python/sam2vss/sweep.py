@@ -312,13 +312,15 @@ def format_markdown(
         "",
         "Shared work (no output depends on it; each row equals a refine + eval of its own): rows"
         " refined in one run with the same SAM2 model, pipeline, engine and backend use one model"
-        " build" + (":" if models else " (no two rows here have the same)."),
+        " build; the rows (and the base) evaluated in one pass decode each GT frame once:",
     ]
     lines += [f"- model: {', '.join(names)}" for names in models]
-    shared = [r for r in rows if r.get("gt_decode_shared_with")]
-    if shared:
-        lines += ["", "Rows evaluated in one pass decoded each GT frame once for all of them:"]
-        lines += [f"- {r['setting']}: with {', '.join(r['gt_decode_shared_with'])}" for r in shared]
+    order = [r["setting"] for r in rows] + ["base"]
+    passes = {
+        frozenset([r["setting"], *r["gt_decode_shared_with"]]) for r in rows if r.get("gt_decode_shared_with")
+    }
+    for members in sorted(passes, key=lambda m: min(order.index(n) for n in m)):
+        lines.append(f"- GT decode (one evaluation pass): {', '.join(n for n in order if n in members)}")
     lines += ["", "Not shared: each row's refinement (its seconds are its own), e.g. the keyframe's AMG"]
     lines[-1] += " candidates are computed again for each threshold value."
     failed = [r for r in rows if r["status"] != "done"]
