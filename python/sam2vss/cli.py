@@ -48,6 +48,9 @@ EPILOG = """examples:
   sam2vss eval --data VSPW_480p --pred results/ --split val --per-video
   sam2vss refine --data VSPW_480p --pred base/ --out refined/ --checkpoint sam2.1_hiera_large.pt --model l
   sam2vss refine --data data/synth --pred data/synth/pred_base --out refined/ --masks superpixel
+  sam2vss sweep --data data/synth --pred data/synth/pred_base --out sweep/ --masks superpixel \\
+      --param superpixel_size --values 64,256   # -> sweep/sweep.md, .csv, .json, .png
+  sam2vss viz --data data/synth --pred base=data/synth/pred_base --pred refined=refined/ --out pictures/
 
 exit codes: 0 done, 1 some videos failed (the others are kept), 2 bad arguments or inputs refused
 before any work, 130 interrupted (Ctrl-C). Errors are one line, `sam2vss CMD: error: ...`;
