@@ -148,7 +148,12 @@ def _recording(tracker, logits: list[torch.Tensor]):
     return recorded
 
 
-@pytest.mark.parametrize("case", list(IDS_CASES))
+SLOW_IDS = {"instances_w7", "sam2_w7"}  # ~10 and ~30 s on 2 cores; the others cover each path
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_IDS else c for c in IDS_CASES]
+)
 def test_masklet_ids_fast_equal_reference_and_explain_the_labels(clip, case):
     """refine_window(keep_ids=True): the fast pipeline's masklet ids equal the reference's
     exactly, as the labels do (with paint order logit, except at pixels where the two winners'
