@@ -196,7 +196,7 @@ def _rerun_after_label_change(c: Ctx) -> list[str]:
 
     def check(c: Ctx, stdout: str) -> None:
         assert f"{VIDEOS[1]}: refining again: its inputs changed (labels/{c.label(1, 1).name})" in stdout
-        assert "refined 1 videos (1 of them again" in stdout and "skipped 2 already done" in stdout
+        assert "refined 1 video (1 of them again" in stdout and "skipped 2 already done" in stdout
         assert _outputs(c.out) == _outputs(fresh)
 
     c.after = check

@@ -227,7 +227,9 @@ def test_refine_and_sweep_read_vps_predictions(vps_set, tmp_path, capsys):
     assert (
         main(["refine", *sp, "--pred", str(vps), "--pred-format", "vps", "--out", str(tmp_path / "vps")]) == 0
     )
-    assert "refined 0 videos" in capsys.readouterr().out  # the converted labels' bytes are unchanged: resumed
+    assert (
+        "nothing to do: all 2 videos already done" in capsys.readouterr().out
+    )  # the converted labels' bytes are unchanged: resumed
     sweep = ["sweep", *sp[:-2], "--param", "superpixel_size", "--values", "64"]
     assert main([*sweep, "--pred", str(vps), "--pred-format", "vps", "--out", str(tmp_path / "sw")]) == 0
     rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())

@@ -493,9 +493,10 @@ def test_refine_cli_saves_masklet_ids_and_eval_ignores_them(medium, tmp_path, ca
         (True, False, False, None),  # saved before, not asked: skipped, the ids stay
         (True, True, False, None),
         (True, True, True, "its outputs are missing or were modified"),  # a masklet PNG deleted
+        (True, False, True, "its outputs are missing or were modified"),  # redone: ids saved again
         (False, False, False, None),
     ],
-    ids=["add", "keep", "again", "damaged", "neither"],
+    ids=["add", "keep", "again", "damaged", "damaged_without_flag", "neither"],
 )
 def test_resume_with_and_without_masklet_ids(medium, tmp_path, capsys, first, second, damage, redone):
     jobs = dataset_jobs(open_dataset(medium), medium / "pred_base", "val")[:1]
@@ -510,7 +511,7 @@ def test_resume_with_and_without_masklet_ids(medium, tmp_path, capsys, first, se
     assert report.skipped == ([] if redone else [name])
     if redone:
         assert f"{name}: refining again: {redone}" in capsys.readouterr().out
-    saved = first if redone is None else second
+    saved = first if redone is None else second or first  # a folder never loses the ids it had
     assert json.loads((out / "manifest.json").read_text())["videos"][name]["masklet_ids"] == saved
     after = {k: v.tobytes() for k, v in _masklet_pngs(out).items()}
     assert (len(after) == 12) == saved

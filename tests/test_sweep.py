@@ -112,7 +112,11 @@ def test_sweep_resumes_per_setting(data, tmp_path, capsys):
     capsys.readouterr()
     assert _sweep(data, out, *sp, "--values", "64,256") == 0
     printed = capsys.readouterr().out
-    assert "sweep 1/1: superpixel_size=256" in printed and "superpixel_size=64 ->" not in printed
+    assert (
+        "sweep 1/1: superpixel_size=256 -> " in printed
+        and "1 settings already done" in printed
+        and "superpixel_size=64 ->" not in printed
+    )
     assert _mtimes(out / "superpixel_size=64") == first  # neither refined nor evaluated again
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["setting"] for r in rows] == ["superpixel_size=64", "superpixel_size=256"]

@@ -507,14 +507,25 @@ def eval_methods(values: list[str]) -> list[tuple[str, Path]]:
             methods.append((None, Path(value)))
     if len(methods) > 1 and any(name is None for name, _ in methods):
         unnamed = next(str(d) for name, d in methods if name is None)
+        named = " ".join(f"--pred {name or _suggest_name(d, k)}={d}" for k, (name, d) in enumerate(methods))
         raise ValueError(
             f"--pred {unnamed}: several prediction folders need a name each; pass --pred NAME=DIR,"
-            " e.g. --pred base=S/pred_base --pred refined=R"
+            f" e.g. {named}"
         )
     names = [name or str(folder) for name, folder in methods]
     if len(set(names)) < len(names):
         raise ValueError(f"--pred: method names repeat ({', '.join(names)}); give each folder its own NAME")
     return [(name, folder) for name, (_, folder) in zip(names, methods, strict=True)]
+
+
+def _suggest_name(folder: Path, k: int) -> str:
+    """A method name for a folder in an error's example: its last part as a plain word."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", folder.name).strip("_.")
+    return name or f"method{k + 1}"
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -560,7 +571,8 @@ def _eval_run(a, cfg, dataset, methods, folders, device) -> int:
     deltas = metric_deltas(rows) if len(rows) > 1 else []
     print(format_table(rows, deltas=deltas))
     first = rows[0][1]
-    print(describe_counts(first) + f"; {len(rows) * first['frames'] / dt:.1f} frames/s")
+    counts = describe_counts(first) + (f" ({rows[0][0]})" if len(rows) > 1 else "")
+    print(counts + f"; {len(rows) * first['frames'] / dt:.1f} frames/s")
     for (name, _), (_, result) in zip(methods, results, strict=True):
         if a.per_video and result is not None:
             print()
@@ -738,10 +750,14 @@ def cmd_refine(a: argparse.Namespace) -> int:
     fps = report.frames / max(report.seconds, 1e-9)
     again = len(set(report.redone) & set(report.done))
     again = f" ({again} of them again, see above)" if again else ""
-    print(
-        f"refined {len(report.done)} videos{again} ({report.frames} frames, {fps:.2f} frames/s), skipped"
-        f" {len(report.skipped)} already done, {len(report.failed)} failed -> {a.out}"
-    )
+    if report.done or report.failed:
+        print(
+            f"refined {plural(len(report.done), 'video')}{again} ({report.frames} frames,"
+            f" {fps:.2f} frames/s), skipped {len(report.skipped)} already done,"
+            f" {len(report.failed)} failed -> {a.out}"
+        )
+    else:
+        print(f"nothing to do: all {plural(len(report.skipped), 'video')} already done -> {a.out}")
     if not report.failed:
         return 0
     for name, error in report.failed.items():
@@ -808,7 +824,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from sam2vss.sweep import run_sweep, settings
 
     params = sweep_params(a.param, a.values)
-    swept = {name for name, _ in params}
+    swept = [name for name, _ in params]  # in --param order, as the table's columns
     base, model_cfg, run = refine_configs(a)
     items = settings(base, model_cfg, params)
     if model_cfg is not None:
@@ -842,7 +858,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _sweep_title(a, base: RefineConfig, model_cfg: ModelConfig | None, swept: set[str]) -> str:
+def _sweep_title(a, base: RefineConfig, model_cfg: ModelConfig | None, swept: list[str]) -> str:
     """What the table is: the swept fields, the fixed settings that matter, the data."""
     parts = [f"masks {base.masks}"]
     if base.masks != "superpixel":  # superpixels run the same code in both pipelines
@@ -853,7 +869,7 @@ def _sweep_title(a, base: RefineConfig, model_cfg: ModelConfig | None, swept: se
         weights = "random weights" if model_cfg.random_weights else Path(model_cfg.checkpoint).name
         parts.append(f"{model_cfg.name} at {model_cfg.image_size} ({weights})")
     fixed = [p for p in parts if p.split()[0] not in swept]
-    return f"sweep of {', '.join(sorted(swept))} on {a.data} ({a.split}): {', '.join(fixed)}"
+    return f"sweep of {', '.join(swept)} on {a.data} ({a.split}): {', '.join(fixed)}"
 
 
 def _model_cfg_if_needed(a: argparse.Namespace, needed: bool) -> ModelConfig | None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sam2vss import outdir
+from sam2vss import outdir, sources
 from sam2vss.config import PRESETS, RefineConfig, RunConfig
 from sam2vss.data import (
     IMAGE_SUFFIXES,
@@ -337,6 +337,11 @@ def refine_jobs(
             print(f"{name}: refining again: {why}")
         if not todo:
             return report
+        had_ids = [j.name for j in todo if manifest.videos.get(j.name, {}).get("masklet_ids")]
+        if had_ids and not save_masklets:  # a folder never loses the masklet ids it had
+            save_masklets = True
+            print(f"saving masklet ids: {', '.join(had_ids)} had them (as if --save-masklets)")
+        sources.preload(_decoders(todo))
         t_all = time.perf_counter()
         bar = tqdm(total=sum(len(j.label_names) for j in todo), unit="frame", disable=not progress)
         records: dict[str, dict] = {}  # each video's inputs, taken before it is refined
@@ -366,6 +371,16 @@ def refine_jobs(
         lock.release()
         if created and out.is_dir() and not any(out.iterdir()):  # refused before writing anything
             out.rmdir()
+
+
+def _decoders(todo: Sequence[VideoJob]) -> list[str]:
+    """The decoders the videos will use (one that cannot be chosen fails with its video)."""
+    found = set()
+    for job in todo:
+        if job.error is None:
+            with contextlib.suppress(DataError):
+                found.add(sources.choose_decoder(job.video, job.decoder))
+    return sorted(found)
 
 
 def _folder_settings(manifest: dict) -> dict:

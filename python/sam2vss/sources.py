@@ -336,6 +336,16 @@ def available(backend: str) -> bool:
     return True
 
 
+def preload(decoders: list[str]) -> None:
+    """Import the decoders' libraries now (torchcodec's takes ~1.2 s here), so that the first
+    video's decode thread, and its timed span, do not pay for it."""
+    for decoder in decoders:
+        if decoder == "frames":
+            image_decoders()
+        else:
+            available(decoder)
+
+
 _logged: set[tuple[str, str]] = set()
 
 

@@ -210,8 +210,10 @@ def run_sweep(
     if todo:
         outdir.check_writable(out, "--out")
     models = ModelCache()  # one SAM2 per (pipeline, model, engine, backend) for all settings
+    done_before = len(items) - len(todo)
     for k, s in enumerate(todo, 1):
-        print(f"sweep {k}/{len(todo)}: {s.name} -> {out / s.name}")
+        already = f"; {done_before} settings already done" if done_before else ""
+        print(f"sweep {k}/{len(todo)}: {s.name} -> {out / s.name}{already}")
         refiner = Pipeline.build(s.cfg, s.model, models=models) if run.runner == "local" else None
         result = refine.refine_jobs(
             jobs, out / s.name, s.cfg, s.model, False, progress, run, protect, refiner, save_masklets
@@ -243,6 +245,10 @@ def run_sweep(
     report.rows = [_row(out, s, report.failed.get(s.name)) for s in items]
     base = (_read_json(out / BASE_EVAL) or {}) if base_ok else {}
     base_row = {k: base[k] for k in ("metrics", "gt_decode_shared_with") if k in base}
+    if not base_ok:  # said in the table, not left out silently
+        bad = sum(j.error is not None for j in jobs)
+        why = f"the base labels of {bad} videos are invalid" if bad else "no setting finished"
+        base_row = {"error": f"not evaluated: {why}"}
     params = [p for p, _ in items[0].values] if items else []
     groups: dict[tuple, list[str]] = {}
     for s in items:
@@ -256,7 +262,7 @@ def run_sweep(
 
 def _row(out: Path, s: Setting, failed: str | None) -> dict:
     """A setting's table row: its values, metrics, masklets per window, frames and refine seconds."""
-    row: dict = {"setting": s.name, "values": {p: v for p, v in s.values}}
+    row: dict = {"setting": s.name, "values": {p: v for p, v in s.values}, "masks": s.cfg.masks}
     if failed is not None:
         return row | {"status": "failed", "error": failed}
     videos = (outdir.read_manifest(out / s.name) or {}).get("videos", {})
@@ -294,6 +300,14 @@ def format_markdown(
         cells = ["base (unrefined)"] + [""] * (len(params) - 1)
         cells += [_pct(base["metrics"].get(key)) for _, key in COLUMNS] + ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
+    elif base and "error" in base:
+        cells = (
+            ["base (unrefined)"]
+            + [""] * (len(params) - 1)
+            + [base["error"]]
+            + [""] * (len(head) - len(params) - 1)
+        )
+        lines.append("| " + " | ".join(cells) + " |")
     for r in rows:
         cells = [show(r["values"][p]) for p in params]
         if r["status"] != "done":
@@ -306,7 +320,9 @@ def format_markdown(
         "",
         "Metrics in percent (METRICS.md 8; n/a: undefined, e.g. mVC16 when every video has <= 16"
         " frames). Masklets per window: the mean over all windows of all videos (superpixels:"
-        " segments per frame). Seconds: the setting's refine time, model build excluded.",
+        " segments per frame). Seconds: the setting's refine time, the model build and library"
+        " imports excluded (the first row refined in a run still pays first-call warm-up). FWIoU is"
+        " eval's WIoU, the frequency-weighted IoU.",
     ]
     lines += [
         "",
@@ -316,13 +332,17 @@ def format_markdown(
     ]
     lines += [f"- model: {', '.join(names)}" for names in models]
     order = [r["setting"] for r in rows] + ["base"]
-    passes = {
-        frozenset([r["setting"], *r["gt_decode_shared_with"]]) for r in rows if r.get("gt_decode_shared_with")
+    passes = {  # as recorded when each row was evaluated, restricted to this table's rows
+        frozenset(n for n in [r["setting"], *r["gt_decode_shared_with"]] if n in order)
+        for r in rows
+        if r.get("gt_decode_shared_with")
     }
+    passes = {members for members in passes if len(members) > 1}
     for members in sorted(passes, key=lambda m: min(order.index(n) for n in m)):
         lines.append(f"- GT decode (one evaluation pass): {', '.join(n for n in order if n in members)}")
-    lines += ["", "Not shared: each row's refinement (its seconds are its own), e.g. the keyframe's AMG"]
-    lines[-1] += " candidates are computed again for each threshold value."
+    lines += ["", "Not shared: each row's refinement (its seconds are its own)."]
+    if any(r.get("masks") == "sam2" for r in rows):
+        lines[-1] += " The keyframe's AMG candidates, for one, are computed again for each threshold value."
     failed = [r for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", "Failed settings (fix the inputs named and rerun the same command):"]
@@ -342,6 +362,8 @@ def format_csv(rows: list[dict], params: list[str], base: dict | None = None) ->
 
     if base and "metrics" in base:
         w.writerow(["base", *([""] * len(params)), "base", *metrics(base["metrics"]), "", "", ""])
+    elif base and "error" in base:
+        w.writerow(["base", *([""] * len(params)), base["error"], *metrics({}), "", "", ""])
     for r in rows:
         cells = [r["setting"], *(show(r["values"][p]) for p in params), r["status"]]
         cells += metrics(r.get("metrics", {}))
@@ -387,10 +409,32 @@ def write_summary(
     return written
 
 
+def _numeric(values: list) -> bool:
+    return bool(values) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in values)
+
+
+def _x_axis(a, xs: list, labels: list[str], name: str) -> None:
+    """A numeric parameter on its own axis (log 2 where the values span 8x or more), otherwise
+    one tick per label."""
+    if _numeric(xs):
+        if min(xs) > 0 and max(xs) >= 8 * min(xs):
+            a.set_xscale("log", base=2)
+        a.set_xticks(sorted(set(xs)), [show(x) for x in sorted(set(xs))])
+    else:
+        a.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    a.set_xlabel(name)
+    a.grid(alpha=0.3)
+
+
+def _percent(r: dict, key: str) -> float:
+    v = r["metrics"].get(key)
+    return math.nan if v is None else 100 * v
+
+
 def plot(rows: list[dict], params: list[str], path: Path, title: str, base: dict | None = None) -> None:
-    """Each defined metric (percent) against the setting, the base predictions' as dashed lines,
-    and the refine seconds per frame beside it: a numeric single parameter on its own axis (log
-    2 where the values span 8x or more), otherwise one tick per setting."""
+    """sweep.png. One parameter: each defined metric (percent) against it, the base predictions'
+    as dashed lines, and the refine seconds per frame beside it. Several: mIoU and mBIoU against
+    the first parameter, one line per value of the others, and the seconds per frame likewise."""
     try:
         import matplotlib
 
@@ -399,33 +443,54 @@ def plot(rows: list[dict], params: list[str], path: Path, title: str, base: dict
     except ImportError as e:
         raise RuntimeError("sweep.png needs matplotlib: pip install 'sam2vss[bench]'") from e
     done = [r for r in rows if r["status"] == "done"]
-    xs_raw = [r["values"][params[0]] for r in done] if len(params) == 1 else []
-    numeric = bool(xs_raw) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs_raw)
-    xs = xs_raw if numeric else list(range(len(done)))
-    fig, (ax, side) = plt.subplots(1, 2, figsize=(10, 4), dpi=120, gridspec_kw={"width_ratios": [2, 1]})
     base_metrics = (base or {}).get("metrics") or {}
-    for header, key in COLUMNS:
-        ys = [100 * r["metrics"][key] if r["metrics"].get(key) is not None else math.nan for r in done]
-        if all(y != y for y in ys):  # undefined everywhere (mVC of short videos): no line
-            continue
-        (line,) = ax.plot(xs, ys, marker="o", label=header)
-        if base_metrics.get(key) is not None:
-            ax.axhline(100 * base_metrics[key], ls="--", lw=1, color=line.get_color())
-    if base_metrics:
-        ax.plot([], [], ls="--", color="gray", label="base (unrefined)")
-    side.plot(xs, [r["seconds"] / max(r["frames"], 1) for r in done], marker="s", color="black")
-    for a in (ax, side):
-        if numeric and min(xs) > 0 and max(xs) >= 8 * min(xs):
-            a.set_xscale("log", base=2)
-        if numeric:
-            a.set_xticks(xs, [show(x) for x in xs])
-        else:
-            a.set_xticks(xs, [r["setting"] for r in done], rotation=30, ha="right", fontsize=7)
-        a.set_xlabel(params[0] if len(params) == 1 else "setting")
-        a.grid(alpha=0.3)
-    ax.set_ylabel("percent")
-    ax.legend(fontsize=8)
+    first = [r["values"][params[0]] for r in done]
+    ticks = list(dict.fromkeys(show(x) for x in first))  # categorical: in sweep order
+
+    def x_of(r: dict):
+        value = r["values"][params[0]]
+        return value if _numeric(first) else ticks.index(show(value))
+
+    groups: dict[str, list[dict]] = {}
+    for r in done:  # one line per value of the other parameters ("" with one parameter)
+        groups.setdefault(",".join(f"{p}={show(r['values'][p])}" for p in params[1:]), []).append(r)
+    single = len(params) == 1
+    metric_panels = [COLUMNS] if single else [(c,) for c in COLUMNS if c[1] in ("miou", "mbiou")]
+    ratios = [2, 1] if single else [1, 1, 1]
+    fig, axes = plt.subplots(
+        1, len(ratios), figsize=(10 if single else 13, 4), dpi=120, gridspec_kw={"width_ratios": ratios}
+    )
+    for ax, shown in zip(axes, metric_panels, strict=False):
+        for header, key in shown:
+            color = None
+            for label, members in groups.items():
+                ys = [_percent(r, key) for r in members]
+                if all(y != y for y in ys):  # undefined everywhere (mVC of short videos): no line
+                    continue
+                (line,) = ax.plot(
+                    [x_of(r) for r in members], ys, marker="o", label=header if single else label
+                )
+                color = line.get_color() if single else "gray"
+            if color is not None and base_metrics.get(key) is not None:
+                ax.axhline(100 * base_metrics[key], ls="--", lw=1, color=color)
+        if base_metrics:
+            ax.plot([], [], ls="--", color="gray", label="base (unrefined)")
+        ax.set_ylabel("percent" if single else f"{shown[0][0]} (percent)")
+        _x_axis(ax, first, ticks, params[0])
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    side = axes[-1]
+    for label, members in groups.items():
+        seconds = [r["seconds"] / max(r["frames"], 1) for r in members]
+        side.plot(
+            [x_of(r) for r in members],
+            seconds,
+            marker="s",
+            label=label or None,
+            color="k" if single else None,
+        )
     side.set_ylabel("refine seconds / frame")
+    _x_axis(side, first, ticks, params[0])
     fig.suptitle(title or "sweep", fontsize=9)
     fig.tight_layout()
 
