@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from itertools import pairwise
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from sam2vss.data import open_dataset, read_label_png
 from sam2vss.engine import Pipeline
 from sam2vss.masklets import carry_over
 from sam2vss.model import ModelConfig
+from sam2vss.reference import Carry, Refined, Window
 from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.synth import synthesize
 from sam2vss.video import window_spans, window_starts
@@ -136,9 +138,18 @@ def clip(tmp_path_factory):
     return root, dataset_jobs(open_dataset(root), root / "pred_base", "val")
 
 
-def _refine(jobs, out, cfg: RefineConfig):
-    """refine_jobs with a pipeline whose windows are recorded, in order: [window, the source's
-    keyframe masks, the masks given to the tracker, Refined]."""
+class Recorded(NamedTuple):
+    """One window of a recorded run."""
+
+    window: Window
+    detected: torch.Tensor  # (N, H, W) bool: the source's keyframe masks
+    tracked: torch.Tensor  # (M, H, W) bool: the masks the tracker was prompted with
+    refined: Refined
+    carry: Carry | None  # refine_video hands it on and drops it from the Refined
+
+
+def _refine(jobs, out, cfg: RefineConfig) -> list[Recorded]:
+    """refine_jobs with a pipeline whose windows are recorded, in order."""
     refiner = Pipeline.build(cfg, MODEL, cfg.pipeline)
     run, detect, track, windows = refiner.refine_window, refiner.source.keyframe, refiner.tracker.track, []
 
@@ -156,14 +167,14 @@ def _refine(jobs, out, cfg: RefineConfig):
         refined = run(window, **kwargs)
         if len(windows[-1]) == 2:  # no masklet: nothing tracked
             windows[-1].append(torch.zeros((0, *windows[-1][1].shape[1:]), dtype=torch.bool))
-        windows[-1].append(refined)
+        windows[-1] += [refined, refined.carry]
         return refined
 
     refiner.refine_window, refiner.source.keyframe = recorded, recorded_detect
     refiner.tracker.track = recorded_track
     report = refine_jobs(jobs, out, cfg, MODEL, progress=False, refiner=refiner)
     assert not report.failed, report.failed
-    return windows
+    return [Recorded(*w) for w in windows]
 
 
 CASES = {
@@ -182,22 +193,27 @@ def runs(request, clip, tmp_path_factory):
     return request.param, jobs[0], tmp, ref, fast
 
 
+def _pixels(masks: torch.Tensor) -> list[frozenset]:
+    return [frozenset(zip(*np.nonzero(m.numpy()), strict=True)) for m in masks]
+
+
 def test_fast_equals_reference_with_overlap(runs):
-    """Every window's carried masks, masklet count and painted labels (the discarded overlap
-    painting included) and every written frame: equal exactly."""
+    """Every window's source masks, masklets tracked, carried masks and painted labels (the
+    discarded overlap painting included) and every written frame: equal exactly."""
     case, job, tmp, ref, fast = runs
     assert len(ref) == len(fast) == len(window_spans(9, 4, CASES[case].window_overlap))
-    for i, ((rw, rd, rm, rr), (_, fd, fm, fr)) in enumerate(zip(ref, fast, strict=True)):
-        assert_equal(fd, rd, f"{case} window {i}: the source's keyframe masks")
-        assert_equal(fm, rm, f"{case} window {i}: the masklets tracked")
-        assert_equal(fr.labels, rr.labels, f"{case} window {i}: painted labels")
-        if rw.next_keyframe is not None:
-            assert_equal(fr.carry.masks.cpu(), rr.carry.masks, f"{case} window {i}: carried masks")
+    for i, (r, f) in enumerate(zip(ref, fast, strict=True)):
+        assert_equal(f.detected, r.detected, f"{case} window {i}: the source's keyframe masks")
+        assert_equal(f.tracked, r.tracked, f"{case} window {i}: the masklets tracked")
+        assert_equal(f.refined.labels, r.refined.labels, f"{case} window {i}: painted labels")
+        assert (f.carry is None) == (r.carry is None) == (r.window.next_keyframe is None)
+        if r.carry is not None:
+            assert_equal(f.carry.masks.cpu(), r.carry.masks, f"{case} window {i}: carried masks")
     names = job.label_names
     got = np.stack([read_label_png(tmp / "fast" / job.name / n) for n in names])
     want = np.stack([read_label_png(tmp / "reference" / job.name / n) for n in names])
     assert_equal(got, want, f"{case}: written labels")
-    assert sum(r.masklets for *_, r in ref) > 0, f"{case}: no masklets, so the test shows nothing"
+    assert sum(r.refined.masklets for r in ref) > 0, f"{case}: no masklets, so the test shows nothing"
 
 
 def test_keyframe_masklets_follow_the_carry_over_rule(runs):
@@ -205,22 +221,12 @@ def test_keyframe_masklets_follow_the_carry_over_rule(runs):
     the previous window's carried masks and the source's keyframe masks."""
     case, _, _, ref, _ = runs
     pairs = list(pairwise(ref))
-    got = [
-        [frozenset(zip(*np.nonzero(m.numpy()), strict=True)) for m in masks]
-        for (_, (_, _, masks, _)) in pairs
-    ]
-    want = [
-        brute_force(prev.carry.masks.numpy(), detected.numpy(), None)
-        for ((*_, prev), (_, detected, *_)) in pairs
-    ]
+    got = [_pixels(b.tracked) for _, b in pairs]
+    want = [brute_force(a.carry.masks.numpy(), b.detected.numpy(), None) for a, b in pairs]
     assert got == want, f"{case}: the masklets tracked differ from the rule"
-    carried = sum(int(prev.carry.masks.flatten(1).any(1).sum()) for ((*_, prev), _) in pairs)
-    dropped = sum(
-        len(d) + int(p.carry.masks.flatten(1).any(1).sum()) - len(m) for ((*_, p), (_, d, m, _)) in pairs
-    )
-    print(
-        f"{case}: {carried} masklets carried over, {dropped} keyframe detections dropped as already tracked"
-    )
+    carried = sum(int(a.carry.masks.flatten(1).any(1).sum()) for a, _ in pairs)
+    dropped = carried + sum(len(b.detected) - len(b.tracked) for _, b in pairs)
+    print(f"{case}: {carried} masklets carried over, {dropped} keyframe detections dropped as tracked")
     assert carried > 0, f"{case}: nothing was carried over, so the test shows nothing"
 
 
@@ -230,15 +236,15 @@ def test_overlap_frames_are_written_once_with_the_earlier_windows_label(runs):
     case, job, tmp, ref, _ = runs
     spans = window_spans(len(job.label_names), 4, CASES[case].window_overlap)
     earliest: dict[int, torch.Tensor] = {}
-    [earliest.setdefault(t, r.labels[t - s.start]) for s, (*_, r) in zip(spans, ref, strict=True)
+    [earliest.setdefault(t, r.refined.labels[t - s.start]) for s, r in zip(spans, ref, strict=True)
      for t in range(s.start, s.stop)]  # fmt: skip
     folder = tmp / "reference" / job.name
     assert sorted(p.name for p in folder.glob("*.png")) == sorted(job.label_names)
     got = torch.from_numpy(np.stack([read_label_png(folder / n) for n in job.label_names]))
     assert_equal(got, torch.stack([earliest[t] for t in range(len(job.label_names))]), f"{case}: written")
-    discarded = [(r.labels[: s.overlap], p.labels[-s.overlap :]) for s, (*_, p), (*_, r) in
-                 zip(spans[1:], ref, ref[1:], strict=False)]  # fmt: skip
-    differ = sum(int((a != b).sum()) for a, b in discarded)
+    discarded = [(b.refined.labels[: s.overlap], a.refined.labels[-s.overlap :]) for s, (a, b) in
+                 zip(spans[1:], pairwise(ref), strict=True)]  # fmt: skip
+    differ = sum(int((x != y).sum()) for x, y in discarded)
     print(f"{case}: the later windows' discarded painting differs from the written one on {differ} pixels")
 
 

@@ -216,7 +216,9 @@ def refine_video(
         carry = None
         for start, window in windows:
             refined = refiner.refine_window(window, keep_ids=save_masklets, carried=carry)
-            carry = refined.carry
+            # handed on once: `window_stats` keeps every window's Refined until the video ends, and
+            # the carried (N, H, W) masks stay on the device
+            carry, refined.carry = refined.carry, None
             for t in range(window.overlap, len(refined)):
                 name = Path(job.label_names[start + t]).stem + ".png"
                 ids = out / job.name / MASKLET_DIR / name if save_masklets else None
