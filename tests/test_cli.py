@@ -418,6 +418,7 @@ def test_engine_flags_override_the_preset_and_key_the_output_folder():
         (["--bf16", "maybe"], "--bf16: invalid choice: 'maybe'"),
         (["--workers", "0"], "--workers: must be >= 1, got 0"),
         (["--window", "0"], "--window: must be >= 1, got 0"),
+        (["--window-overlap", "-1"], "--window-overlap: must be >= 0, got -1"),
     ],
 )
 def test_generated_flags_check_their_values(argv, message, capsys):
@@ -429,3 +430,41 @@ def test_generated_flags_check_their_values(argv, message, capsys):
 def test_vc_lengths_flag_is_comma_separated():
     a = build_parser().parse_args([*CONFIG_COMMANDS["eval"][0], "--vc-lengths", "4,8,16"])
     assert cli.config_from(MetricConfig, a).vc_lengths == (4, 8, 16)
+
+
+def test_refine_with_window_overlap_runs(tmp_path, capsys):
+    """refine --window-overlap 2: every frame written once, the overlap in the manifest's settings
+    (another configuration than the non-overlapping one), a window per step of W - K frames."""
+    from sam2vss.synth import synthesize
+
+    cfg = SynthConfig(videos=1, frames=4, height=48, width=64, objects=2, train_videos=0, seed=2)
+    root = synthesize(tmp_path / "ds", cfg, progress=False)
+    out = tmp_path / "o"
+    argv = ["refine", "-q", "--data", str(root), "--pred", str(root / "pred_base"), "--out", str(out)]
+    argv += ["--masks", "instances", "--checkpoint", "none", "--image-size", "256", "--window", "3"]
+    assert main([*argv, "--window-overlap", "2"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["refine"]["window_overlap"] == 2
+    ((video, entry),) = manifest["videos"].items()
+    assert entry["frames"] == 4 and len(entry["masklets"]["per_window"]) == 2  # [0, 3), [1, 4)
+    assert len(list((out / video).glob("*.png"))) == 4
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--window", "4", "--window-overlap", "4"],
+            "window_overlap (--window-overlap) must be < window (--window)",
+        ),
+        (
+            ["--masks", "superpixel", "--window-overlap", "1"],
+            "superpixels (--masks superpixel) are per frame",
+        ),
+    ],
+)
+def test_window_overlap_errors_are_one_line(flags, message, capsys):
+    assert main([*CONFIG_COMMANDS["refine"][0], *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.splitlines()[-1].startswith("sam2vss")
+    assert len([line for line in err.splitlines() if "error" in line]) == 1

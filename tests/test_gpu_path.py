@@ -300,3 +300,31 @@ def test_saved_masklet_ids_cost_one_copy_per_window_and_no_sync(sources, masklet
     base = np.stack([read_label_png(job.label_dir / n) for n in job.label_names])
     assert ids.dtype == np.uint16 and ids.max() > 0
     assert np.array_equal(refined[ids == 0], base[ids == 0])
+
+
+def test_overlapping_windows_keep_the_carried_masks_on_the_device(sources, tmp_path):
+    """--window-overlap 1 on the emulated cuda:1 (fast, exact, instance masks, windows [0, 3) and
+    [2, 4)): no device mix, no sync in the frames after each keyframe (the carried masks are
+    resized and thresholded on the device in the frame where the next window starts), one sync in
+    the overlapped window's setup (carry_over's filter), every frame written once."""
+    from tqdm import tqdm
+
+    from sam2vss.engine import Pipeline
+    from sam2vss.video import refine_video
+
+    job = sources[0]
+    cfg = RefineConfig(masks="instances", window=3, window_overlap=1, pipeline="fast")
+    with EmulatedCuda() as emu:
+        refiner = Pipeline.fast(cfg, ModelConfig(image_size=256, device="cuda:1"))
+        emu.instrument(refiner)
+        emu.reset()
+        written = refine_video(refiner, job, tmp_path, cfg.num_classes, tqdm(disable=True))
+    summary = {**emu.summary(), "d2h_copies": emu.counts["d2h_copies"]}
+    syncs = [(s.phase, s.site) for s in emu.syncs]
+    print(f"window_overlap 1: {summary}; syncs {syncs}")
+    assert summary["mismatches"] == 0 and summary["syncs_per_frame"] == 0
+    assert written == 4 and summary["windows"] == 2 and summary["frames"] == 5
+    assert [w.total("syncs") for w in emu.windows][1] == 1  # instance masks sync nothing else
+    assert [site for phase, site in syncs if "masklets.py" in site] == [syncs[-1][1]]
+    assert summary["d2h_copies"] == 4  # labels + covered count per window, as without overlap
+    assert all(read_label_png(tmp_path / job.name / n).shape == (64, 96) for n in job.label_names)

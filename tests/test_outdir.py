@@ -54,6 +54,25 @@ def test_config_hash_is_pinned(cfg, model, pipeline, expected):
     assert refine_config_hash(cfg, model, pipeline, model_dtype="bfloat16") != expected
 
 
+@pytest.mark.parametrize("pipeline", ["fast", "reference"])
+def test_window_overlap_is_another_configuration_only_when_set(pipeline):
+    """--window-overlap 0 (the default) is hashed as before the field existed; K > 0 is another
+    configuration, read back from the manifest's settings as it was given."""
+    from dataclasses import replace
+
+    from sam2vss.refine import config_from_fields, refine_fields
+
+    model, plain = ModelConfig(image_size=256), RefineConfig(pipeline=pipeline)
+    overlapped = replace(plain, window_overlap=8)
+    assert "window_overlap" not in refine_fields(plain) and refine_fields(overlapped)["window_overlap"] == 8
+    assert refine_config_hash(plain, model) != refine_config_hash(overlapped, model)
+    assert refine_config_hash(replace(overlapped, window_overlap=4), model) != refine_config_hash(
+        overlapped, model
+    )
+    assert config_from_fields(refine_fields(overlapped), pipeline) == overlapped
+    assert config_from_fields(refine_fields(plain), pipeline) == plain
+
+
 # ------------------------------------------------------------------ guard
 def test_guard_allows_siblings_and_refuses_overlap(tmp_path):
     root, pred = tmp_path / "S", tmp_path / "S" / "pred_base"

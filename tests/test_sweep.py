@@ -204,3 +204,18 @@ def test_sweep_refuses_a_foreign_folder_and_one_inside_the_inputs(data, tmp_path
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     assert _sweep(data, pred / "sweep", *SP, "--param", "superpixel_size", "--values", "64") == 2
     assert "--out" in capsys.readouterr().err and not (pred / "sweep").exists()
+
+
+def test_sweep_over_window_overlap(data, tmp_path):
+    """`--param window_overlap` like any field: a folder per value, 0 being the non-overlapping
+    configuration as hashed before the field existed, 2 a window every W - K = 1 frames."""
+    out = tmp_path / "sweep"
+    flags = ["--masks", "instances", *RANDOM_SAM2, "--window", "3"]
+    assert _sweep(data, out, *flags, "--param", "window_overlap", "--values", "0,2") == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["values"]["window_overlap"] for r in rows] == [0, 2]
+    manifests = [json.loads((out / r["setting"] / "manifest.json").read_text()) for r in rows]
+    assert "window_overlap" not in manifests[0]["config"]["refine"]
+    assert manifests[1]["config"]["refine"]["window_overlap"] == 2
+    windows = [len(next(iter(m["videos"].values()))["masklets"]["per_window"]) for m in manifests]
+    assert windows == [2, 3]  # [0, 3) + [3, 5); [0, 3) + [1, 4) + [2, 5)

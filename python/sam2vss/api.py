@@ -22,6 +22,7 @@ from sam2vss.model import ModelConfig
 from sam2vss.reference import Window, WindowStats
 from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.report import RefineReport
+from sam2vss.video import window_spans
 
 
 class Refiner:
@@ -79,16 +80,18 @@ class Refiner:
             )
         if self.config.masks == "instances" and instances is None:
             raise ValueError("instances: masks='instances' needs (T, H, W) instance ids; pass instances=")
-        p, w = self.pipeline, self.config.window
+        p, cfg = self.pipeline, self.config
         frames, labels = frames.permute(0, 3, 1, 2).contiguous(), labels.to(torch.uint8)
-        out, self.window_stats = [], []
-        for start in range(0, frames.shape[0], w):
-            f = frames[start : start + w].to(p.frames_device)
-            ids = None if instances is None else np.asarray(instances[start])
-            window = Window(f, labels[start : start + w].to(p.device), None, ids, p.prepare(f))
-            refined = p.refine_window(window)
+        out, self.window_stats, carry = [], [], None
+        for span in window_spans(frames.shape[0], cfg.window, cfg.window_overlap):  # as `refine`
+            f = frames[span.start : span.stop].to(p.frames_device)
+            ids = None if instances is None else np.asarray(instances[span.start])
+            s = labels[span.start : span.stop].to(p.device)
+            window = Window(f, s, None, ids, p.prepare(f), span.overlap, span.next_keyframe)
+            refined = p.refine_window(window, carried=carry)
+            carry = refined.carry
             refined.wait()  # a GPU's copy back into pinned memory
-            out.append(refined.labels.numpy().copy())
+            out.append(refined.labels[span.overlap :].numpy().copy())  # overlap: the earlier window's
             self.window_stats.append(refined.stats)
         return np.concatenate(out)
 

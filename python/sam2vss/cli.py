@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="refine base predictions with SAM2 (or superpixel) masklets",
         description="The paper's refiner: masklets from SAM2's mask generator propagated through"
-        " non-overlapping windows; each masklet takes the majority base class. Outputs"
+        " windows (non-overlapping unless --window-overlap); each masklet takes the majority base"
+        " class. Outputs"
         " OUT/<video>/<frame>.png; OUT/manifest.json makes reruns resume.",
     )
     src = r.add_argument_group("input (a dataset root, or one video file with its label folder)")

@@ -236,7 +236,16 @@ class RefineConfig:
         choices=("sam2", "instances", "superpixel"),
     )
     window: int = option(
-        32, "frames per non-overlapping window; AMG runs on each window's first frame", low=1
+        32,
+        "frames per window (non-overlapping unless --window-overlap); AMG runs on each window's first frame",
+        low=1,
+    )
+    window_overlap: int = option(
+        0,
+        "frames each window shares with the previous one, < --window (0: non-overlapping windows, the"
+        " paper's); a window then starts on the previous one's tracked frame and carries its masklets"
+        " on (README: the carry-over and vote rules)",
+        low=0,
     )
     grid: int = option(16, "AMG points per side", low=1)
     pred_iou_thresh: float = option(0.6, "AMG predicted-IoU threshold, in [0, 1]", low=0.0, high=1.0)
@@ -298,6 +307,18 @@ class RefineConfig:
             (
                 not (self.masks == "superpixel" and self.paint_order == "logit"),
                 "superpixels have no logits: use paint_order area or amg",
+            ),
+            (
+                self.window_overlap < self.window,
+                f"window_overlap (--window-overlap) must be < window (--window): got window_overlap"
+                f" {self.window_overlap} with window {self.window}; windows start every window -"
+                " window_overlap frames, so lower --window-overlap or raise --window",
+            ),
+            (
+                not (self.masks == "superpixel" and self.window_overlap > 0),
+                f"window_overlap (--window-overlap {self.window_overlap}) needs tracked masklets, and"
+                " superpixels (--masks superpixel) are per frame and untracked: use --window-overlap 0,"
+                " or --masks sam2 / instances",
             ),
             (
                 self.engine is None or isinstance(self.engine, EngineConfig),

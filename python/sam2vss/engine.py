@@ -18,6 +18,24 @@ predictor + plain ops on the host (the oracle and the baseline); `Pipeline.fast`
 detector + batched tracker + kernels on the model's device. Superpixels have no tracker: both
 vote per frame over the partition with the plain ops.
 
+Overlapping windows (RefineConfig.window_overlap = K > 0; K = 0 is the paper's non-overlapping
+windows, unchanged). Windows start at s_i = i * (W - K) and cover [s_i, min(s_i + W, T)) until one
+reaches T (video.window_starts). Two rules, the same in both pipelines:
+- carry-over: the keyframe of window i > 0 is frame s_i, which window i-1 also tracked. Window
+  i's masklets are first the masklets of window i-1 that are non-empty at frame s_i (their mask
+  there: the tracker's logits > 0 at s_i, resized once to the masklet source's resolution; in
+  their order in window i-1), then the keyframe's masklets from the source (SAM2's generator or
+  the instance masks, as without overlap) except those with more than half of their area inside
+  the union of the carried masks (objects already tracked). Paint order and ranks come from
+  this list's keyframe areas, as without overlap; the preset's masklet cap applies to the list.
+- vote: each window votes over all its frames, the overlap included (a carried masklet's class in
+  window i uses the overlap's evidence too). An overlap frame's output is the earlier window's
+  label (written once, when window i-1 painted it); window i's painting of its first K frames is
+  discarded (video.refine_video, api.Refiner). Window stats count all of a window's frames.
+The tracker fills a `Carry` at frame s_i of window i-1 (fast pipeline: on the device, a resize
+and a compare in that frame, no sync); window i filters it with its keyframe masks in one
+boolean filter (masklets.carry_over): one more host sync per window, in its setup.
+
 The decision a reader must know: in the fast pipeline everything from the labels' upload to the
 painted labels stays on the model's device. The frames after the keyframe make no host sync (the
 emulated CUDA device counts it: tests/test_gpu_path.py); the per-window syncs are detection's
@@ -42,7 +60,7 @@ from sam2vss.backends import apply_backend, fit_rope_tables
 from sam2vss.config import EngineConfig, RefineConfig
 from sam2vss.detect import BatchedDetector
 from sam2vss.kernels import kernel_ops
-from sam2vss.masklets import InstanceMasks, Superpixels, keep_largest, upload
+from sam2vss.masklets import InstanceMasks, Superpixels, carry_over, keep_largest, tracked_masks, upload
 from sam2vss.model import ModelConfig
 from sam2vss.propagate import (
     BatchedTracker,
@@ -52,7 +70,7 @@ from sam2vss.propagate import (
     to_bf16,
     to_model_input,
 )
-from sam2vss.reference import OfficialAMG, OfficialTracker, Refined, Window, WindowStats
+from sam2vss.reference import Carry, OfficialAMG, OfficialTracker, Refined, Window, WindowStats
 from sam2vss.sources import to_rgb
 from sam2vss.stages import Stages
 from sam2vss.vote import ReferenceOps, Votes, id_histogram, paint_rank
@@ -120,9 +138,18 @@ class FastTracker:
         return self.batched.encode_frame(images[0])
 
     def track(
-        self, window: Window, masks: torch.Tensor, images: torch.Tensor, keyframe: dict | None = None
+        self,
+        window: Window,
+        masks: torch.Tensor,
+        images: torch.Tensor,
+        keyframe: dict | None = None,
+        carry: Carry | None = None,
     ) -> Iterator[torch.Tensor]:
-        for logits in self.batched.track(images, masks, self.stages, keyframe):
+        """`carry`: filled with the masks at its frame, on the device (a resize and a compare,
+        no sync)."""
+        for t, logits in enumerate(self.batched.track(images, masks, self.stages, keyframe)):
+            if carry is not None and t == carry.frame:
+                carry.masks = tracked_masks(logits, carry.size)
             yield logits[:, 0]
 
 
@@ -136,7 +163,7 @@ class DetectedMasks:
         self, model, detector: BatchedDetector, engine: EngineConfig, device, bf16: bool, shares: bool
     ):
         self.model, self.detector, self.engine, self.device, self.bf16 = model, detector, engine, device, bf16
-        self.shares_keyframe = shares
+        self.shares_keyframe, self.max_masklets = shares, engine.max_masklets
         self.transform = sam2_model.image_transform(model) if engine.preprocess == "sam2" else None
 
     def keyframe(self, window: Window, features: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +176,7 @@ class DetectedMasks:
             features = self.model.forward_image(image)
         found = self.detector.detect(features, tuple(window.frames.shape[-2:]))
         nonempty = found.areas > 0  # a boolean filter: one sync, per window
-        return keep_largest(found.masks[nonempty], found.areas[nonempty], self.engine.max_masklets)
+        return keep_largest(found.masks[nonempty], found.areas[nonempty], self.max_masklets)
 
 
 class ModelCache:
@@ -279,9 +306,10 @@ class Pipeline:
         return self.tracker.prepare(frames) if self.tracker is not None else None
 
     # ------------------------------------------------------------------ the loop
-    def refine_window(self, window: Window, keep_ids: bool = False) -> Refined:
+    def refine_window(self, window: Window, keep_ids: bool = False, carried: Carry | None = None) -> Refined:
         """One window refined. `keep_ids`: also return each pixel's winning masklet (Refined.ids,
-        refine --save-masklets), copied back with the labels."""
+        refine --save-masklets), copied back with the labels. `carried`: the previous window's
+        Refined.carry, required when `window.overlap` > 0 (the carry-over rule, module docstring)."""
         cfg, st, tracker = self.cfg, self.stages, self.tracker
         labels = window.labels.to(self.device)  # uploaded by the decode thread: a no-op here
         if tracker is None:
@@ -295,18 +323,28 @@ class Pipeline:
                     keyframe = tracker.encode_keyframe(images)
             with st.time("detect"):
                 masks, areas = self.source.keyframe(window, keyframe)
+                if window.overlap > 0:  # the carry-over rule; one sync on a GPU (its filter)
+                    cap = self.source.max_masklets
+                    masks, areas = carry_over(_carried(window, carried), masks, areas, cap)
+            carry = None
+            if window.next_keyframe is not None:
+                carry = Carry(window.next_keyframe, tuple(masks.shape[-2:]))
             if masks.shape[0] == 0:
+                if carry is not None:
+                    carry.masks = masks  # no masklet to carry on
                 none = torch.zeros(labels.shape, dtype=torch.uint16, device=self.device) if keep_ids else None
-                return self._finish(labels, 0, torch.zeros((), dtype=torch.int64, device=self.device), none)
+                covered = torch.zeros((), dtype=torch.int64, device=self.device)
+                return self._finish(labels, 0, covered, none, carry)
             rank = paint_rank(areas.to(self.device), cfg.paint_order)
             by_logit = cfg.paint_order == "logit"
             votes = Votes(self.ops, rank, cfg.num_classes, cfg.vote_scope, by_logit, keep_ids)
-            for logits, s in zip(tracker.track(window, masks, images, keyframe), labels, strict=True):
+            frames = tracker.track(window, masks, images, keyframe, carry=carry)
+            for logits, s in zip(frames, labels, strict=True):
                 with st.time("aggregate+vote"):
                     votes.add(logits, s)
             with st.time("aggregate+vote"):
                 ids = votes.masklet_ids() if keep_ids else None
-                return self._finish(votes.painted(), masks.shape[0], votes.covered, ids)
+                return self._finish(votes.painted(), masks.shape[0], votes.covered, ids, carry)
 
     def _superpixel_window(self, window: Window, labels: torch.Tensor, keep_ids: bool) -> Refined:
         """Superpixels: each frame's partition voted and painted on its own (vote scope frame)."""
@@ -322,13 +360,19 @@ class Pipeline:
         return self._finish(votes.painted(), round(segments / len(labels)), votes.covered, ids)
 
     def _finish(
-        self, painted: torch.Tensor, masklets: int, covered: torch.Tensor, ids: torch.Tensor | None = None
+        self,
+        painted: torch.Tensor,
+        masklets: int,
+        covered: torch.Tensor,
+        ids: torch.Tensor | None = None,
+        carry: Carry | None = None,
     ) -> Refined:
         """The painted (T, h, w) uint8 labels, the covered-pixel count and, when kept, the (T, h, w)
         uint16 masklet ids, on the host. From a GPU: one non-blocking copy each into pinned memory
-        and one event after them that the writers wait on (no sync on the compute thread)."""
+        and one event after them that the writers wait on (no sync on the compute thread). The
+        next window's `carry` stays where it is (on the device)."""
         if self.device.type != "cuda":
-            self._last = Refined(painted, masklets, covered, ids=ids)
+            self._last = Refined(painted, masklets, covered, ids=ids, carry=carry)
             return self._last
         host = torch.empty(painted.shape, dtype=torch.uint8, pin_memory=True)
         host.copy_(painted, non_blocking=True)
@@ -340,5 +384,16 @@ class Pipeline:
             host_ids.copy_(ids, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        self._last = Refined(host, masklets, count, ready, host_ids)
+        self._last = Refined(host, masklets, count, ready, host_ids, carry)
         return self._last
+
+
+def _carried(window: Window, carried: Carry | None) -> torch.Tensor:
+    """The previous window's carried masks, which a window with `overlap` > 0 must be given."""
+    if carried is None or carried.masks is None:
+        raise ValueError(
+            f"refine_window: the window overlaps the previous one by {window.overlap} frames, so it"
+            " needs carried= the previous window's Refined.carry (refine the video's windows in order;"
+            " video.window_spans gives the schedule)"
+        )
+    return carried.masks

@@ -9,12 +9,15 @@ so with `shares_keyframe`).
 
 The decision a reader must know: the preset's masklet cap (`max_masklets`, the N largest) is the
 source's, applied before the masks leave it, so a tracker never sees a masklet it would drop.
+With overlapping windows `carry_over` builds a later window's list (the rule is written in
+engine.py) from the previous window's tracked masks and the source's, capped the same way.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from sam2vss.config import RefineConfig
@@ -28,6 +31,36 @@ def keep_largest(
         keep = torch.argsort(areas, descending=True, stable=True)[:cap].sort().values
         masks, areas = masks[keep], areas[keep]
     return masks, areas
+
+
+def tracked_masks(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, h, w) low-resolution mask logits -> (N, H, W) bool masks at `size`: one bilinear
+    resize (align_corners=False, as the official predictor's video-resolution output), then > 0.
+    Both trackers hand the next overlapping window its carried masks through it."""
+    return F.interpolate(low_res.float(), size=size, mode="bilinear", align_corners=False)[:, 0] > 0
+
+
+def carry_over(
+    carried: torch.Tensor, masks: torch.Tensor, areas: torch.Tensor, cap: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A later overlapping window's keyframe masklets (the carry-over rule, engine.py): first the
+    previous window's masklets non-empty here (`carried`: (M, H, W) bool, its order), then the
+    source's (`masks` (N, H, W) bool, `areas` (N,) int64) except those with more than half of
+    their area inside the union of the carried ones (objects already tracked); areas are the
+    masks' pixel counts; then the source's cap (`keep_largest`). Plain torch on the masks'
+    device: one host sync on a GPU (the boolean filter, `nonzero`), none per carried masklet."""
+    if carried.shape[1:] != masks.shape[1:]:
+        raise ValueError(
+            f"carry_over: the carried masks are {tuple(carried.shape[1:])} and the keyframe's"
+            f" {tuple(masks.shape[1:])}; both must be at the masklet source's resolution (Carry.size)"
+        )
+    carried_areas = carried.flatten(1).sum(1)
+    union = carried.any(0)
+    inside = (masks & union).flatten(1).sum(1)
+    keep = torch.cat([carried_areas > 0, 2 * inside <= areas.to(inside.device)])
+    index = keep.nonzero()[:, 0]  # the one sync
+    both = torch.cat([carried, masks.to(carried.device)])[index]
+    return keep_largest(both, torch.cat([carried_areas, areas.to(carried.device)])[index], cap)
 
 
 def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:

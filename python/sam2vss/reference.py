@@ -1,12 +1,14 @@
 """The reference refiner's parts, written with the official SAM2 classes, and the window types.
 
-The reference pipeline (engine.Pipeline.reference) is, per non-overlapping window of W frames
-(METRICS.md 8.5): SAM2AutomaticMaskGenerator on the window's first frame (`OfficialAMG`; or the
+The reference pipeline (engine.Pipeline.reference) is, per window of W frames (non-overlapping
+by default; METRICS.md 8.5): SAM2AutomaticMaskGenerator on the window's first frame (`OfficialAMG`; or the
 dataset's instance masks, masklets.py), then SAM2VideoPredictor (`OfficialTracker`): `init_state`
 on a per-window frame folder, `add_new_mask` per mask and `propagate_in_video` over the window;
 masklets are `logits > 0` at the label resolution; then aggregate, vote and paint with the plain
 torch ops (vote.ReferenceOps). It is deliberately the straightforward way: the fast pipeline is
-held to its labels and measured against its speed.
+held to its labels and measured against its speed. Overlapping windows (window_overlap > 0)
+follow the carry-over rule written in engine.py: `OfficialTracker` hands the next window its
+masks at that window's keyframe (`Carry`).
 
 Labels at another resolution than the frames (one rule for both pipelines): a masklet is SAM2's
 low-resolution mask logits resized once, bilinearly (align_corners=False), to the labels'
@@ -31,6 +33,7 @@ from PIL import Image
 
 from sam2vss import model as sam2_model
 from sam2vss.config import RefineConfig
+from sam2vss.masklets import tracked_masks
 from sam2vss.sources import to_rgb
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,24 @@ class Window:
     instances: np.ndarray | None  # (h, w) instance ids of the first frame (masks="instances")
     images: torch.Tensor | None = None  # (T, 3, S, S) uint8 model-size frames on the refiner's
     #                                      device, resized on the decode thread (the tracker's prepare)
+    overlap: int = 0  # leading frames the previous window also covered (window_overlap; 0 for a
+    #                   video's first window): refined again with this window's masklets, not written
+    next_keyframe: int | None = None  # the next window's first frame, as an index in this window,
+    #                                   when the next window overlaps this one (else None)
+
+
+@dataclass
+class Carry:
+    """What a window hands the next one when they overlap: its masklets' masks at the next
+    window's keyframe (the carry-over rule, engine.py), filled in by the tracker as it passes
+    that frame, on the masklet source's device."""
+
+    frame: int  # the next window's keyframe, as an index in this window (Window.next_keyframe)
+    size: tuple[int, int]  # (H, W) of the masklet source's masks: the carried masks' resolution
+    masks: torch.Tensor | None = None  # (N, H, W) bool, low-resolution logits resized to `size`
+    #                                     once (bilinear, align_corners=False), then > 0; this
+    #                                     window's masklet order; empty ones are kept (the next
+    #                                     window drops them, in its one filter sync)
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,8 @@ class Refined:
     #                                   that won each pixel's paint, 0 = none (superpixels: segment
     #                                   id + 1); copied with the labels, under `ready`; None unless
     #                                   refine_window was asked to keep them
+    carry: Carry | None = None  # the next window's carried masks (stay on the device), when the
+    #                             window had a `next_keyframe`
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -103,6 +126,7 @@ class OfficialAMG:
     settings from RefineConfig), as host tensors; masks of area 0 dropped."""
 
     shares_keyframe = False
+    max_masklets = None  # the reference keeps every masklet
 
     def __init__(self, predictor, cfg: RefineConfig, device: torch.device):
         self.device = device
@@ -150,8 +174,11 @@ class OfficialTracker:
         images: None = None,
         keyframe: None = None,
         with_features: bool = False,
+        carry: Carry | None = None,
     ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
-        """(N, h, w) float logits per frame at the label resolution.
+        """(N, h, w) float logits per frame at the label resolution; `carry`: filled with the
+        masks at its frame (the predictor's low-resolution logits resized to carry.size, which at
+        the frames' size is the predictor's own video-resolution output).
 
         With `with_features`, also the frame's stride-16 encoder features as the predictor
         computed them for tracking ((C, h16, w16), plus no_mem_embed like the image predictor's
@@ -171,6 +198,9 @@ class OfficialTracker:
                 for t, obj_ids, logits in self.predictor.propagate_in_video(state):
                     order = np.argsort(np.asarray(obj_ids))
                     logits = logits[torch.as_tensor(order)].float()
+                    if carry is not None and t == carry.frame:
+                        low = self._low_res_logits(state, t, [obj_ids[k] for k in order])
+                        carry.masks = tracked_masks(low, carry.size).cpu()
                     if logits.shape[-2:] != out_hw:  # one resize from low resolution (module docstring)
                         low = self._low_res_logits(state, t, [obj_ids[k] for k in order])
                         logits = F.interpolate(low, size=out_hw, mode="bilinear", align_corners=False)

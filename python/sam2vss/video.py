@@ -78,6 +78,48 @@ def output_digest(job: VideoJob, out: Path, masklet_ids: bool = False) -> str:
     return h.hexdigest()
 
 
+def window_starts(frames: int, window: int, overlap: int = 0) -> list[int]:
+    """The first frame of each window of a `frames`-frame video: s_i = i * (window - overlap), up
+    to the first window that reaches the end (min(s_i + window, frames) = frames), so no window
+    lies inside the previous one. One frame or more: at least one window."""
+    if not 0 <= overlap < window:
+        raise ValueError(
+            f"window_starts: overlap must be in 0..window-1 (--window-overlap < --window), got"
+            f" overlap {overlap} with window {window}"
+        )
+    starts = [0]
+    while starts[-1] + window < frames:
+        starts.append(starts[-1] + window - overlap)
+    return starts
+
+
+@dataclass(frozen=True)
+class Span:
+    """One window of the schedule: frames [start, stop), its first `overlap` shared with the
+    previous window (refined again, not written), `next_keyframe` the index in it of the next
+    window's first frame when the next window overlaps it (the carried masks' frame)."""
+
+    start: int
+    stop: int
+    overlap: int
+    next_keyframe: int | None
+
+
+def window_spans(frames: int, window: int, overlap: int = 0) -> list[Span]:
+    """The schedule of `window_starts` as spans; every frame lies in the written part
+    [start + overlap, stop) of exactly one span (video.refine_video and api.Refiner follow it)."""
+    starts = window_starts(frames, window, overlap)
+    return [
+        Span(
+            s,
+            min(s + window, frames),
+            overlap if i > 0 else 0,
+            starts[i + 1] - s if overlap > 0 and i + 1 < len(starts) else None,
+        )
+        for i, s in enumerate(starts)
+    ]
+
+
 def job_windows(
     job: VideoJob,
     window: int,
@@ -85,12 +127,18 @@ def job_windows(
     compute_device: str | torch.device | None = None,
     prepare=None,
     num_classes: int = NUM_CLASSES,
+    overlap: int = 0,
 ) -> Iterator[tuple[int, Window]]:
-    """The job's windows in order: frames decoded by its source (onto `device` where the backend
-    can), base predictions (validated as read: data.BaseLabels; one uint8 tensor per window on
+    """The job's windows in order (`window_spans`: `overlap` frames shared with the previous
+    window): frames decoded by its source (onto `device` where the backend can), base
+    predictions (validated as read: data.BaseLabels; one uint8 tensor per window on
     `compute_device`, default `device`, uploaded pinned and non-blocking), `prepare(frames)` (the
     refiner's model-size images, when it has them) and, for masks="instances", the first frame's
-    instance ids. Runs on the decode thread (Prefetcher), one window ahead of the compute."""
+    instance ids. Runs on the decode thread (Prefetcher), one window ahead of the compute.
+
+    Overlap frames are kept from the previous window (frames, labels, prepared images: one copy
+    of K frames each), not decoded again: a video file would seek back to the keyframe before
+    them and decode a whole GOP again, and frames are decoded in order exactly once."""
     names = list(job.label_names)
     compute_device = torch.device(compute_device or device)
     read_labels = BaseLabels(job.label_dir, num_classes)
@@ -101,17 +149,24 @@ def job_windows(
                 f" {len(names)} base predictions; there must be one label PNG per frame"
             )
         inst_names = list_frames(job.instance_dir) if job.instance_dir is not None else []
-        for start, frames in zip(range(0, len(names), window), source.windows(window), strict=True):
-            stop = start + frames.shape[0]
-            labels = torch.from_numpy(np.stack([read_labels(n) for n in names[start:stop]]))  # one size
+        kept: Window | None = None  # the previous window, for its last `overlap` frames
+        for span in window_spans(len(names), window, overlap):
+            start, stop, k = span.start, span.stop, span.overlap
+            frames = source.window(start + k, stop)  # the frames not decoded yet
+            labels = torch.from_numpy(np.stack([read_labels(n) for n in names[start + k : stop]]))  # one size
             if compute_device.type == "cuda":
                 labels = labels.pin_memory().to(compute_device, non_blocking=True)
+            images = prepare(frames) if prepare is not None else None
+            if k > 0:
+                frames = torch.cat([kept.frames[-k:], frames])
+                labels = torch.cat([kept.labels[-k:], labels])
+                images = None if images is None else torch.cat([kept.images[-k:], images])
             inst = None
             if len(inst_names) == len(names):
                 inst = read_label_png(job.instance_dir / inst_names[start])
             paths = None if source.paths is None else source.paths[start:stop]
-            images = prepare(frames) if prepare is not None else None
-            yield start, Window(frames, labels, paths, inst, images)
+            kept = Window(frames, labels, paths, inst, images, k, span.next_keyframe)
+            yield start, kept
 
 
 def refiner_windows(
@@ -126,6 +181,7 @@ def refiner_windows(
         refiner.device,
         refiner.prepare,
         num_classes or refiner.cfg.num_classes,
+        refiner.cfg.window_overlap,
     )
 
 
@@ -146,7 +202,9 @@ def refine_video(
     overlapping the next window's compute). `refiner.stages` gets the time the
     compute thread waited for decode ("decode wait") and for the writers ("write wait");
     `window_stats` gets each window's Refined (its `.stats`: masklets, coverage, read once the
-    writes are done)."""
+    writes are done). Overlapping windows (cfg.window_overlap): each window gets the previous
+    one's carried masks, and its first `window.overlap` frames, written by the previous window,
+    are not written again (engine.py: the vote rule), so every frame is written once."""
     written = 0
     for stale in [*(out / job.name).glob(".*.tmp"), *(out / job.name / MASKLET_DIR).glob(".*.tmp")]:
         stale.unlink(missing_ok=True)  # left by a killed run: its writes never completed
@@ -155,9 +213,13 @@ def refine_video(
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam2vss-write")
     t_window = time.perf_counter()
     try:
+        carry = None
         for start, window in windows:
-            refined = refiner.refine_window(window, keep_ids=save_masklets)
-            for t in range(len(refined)):
+            refined = refiner.refine_window(window, keep_ids=save_masklets, carried=carry)
+            # handed on once: `window_stats` keeps every window's Refined until the video ends, and
+            # the carried (N, H, W) masks stay on the device
+            carry, refined.carry = refined.carry, None
+            for t in range(window.overlap, len(refined)):
                 name = Path(job.label_names[start + t]).stem + ".png"
                 ids = out / job.name / MASKLET_DIR / name if save_masklets else None
                 writes.append(pool.submit(_write_frame, out / job.name / name, refined, t, num_classes, ids))
