@@ -181,6 +181,40 @@ def test_demo_writes_report(tmp_path, capsys):
         "base (simulated)" in out and "superpixel refiner (SLIC) - base (simulated)" in out
     )  # the delta row
     assert "0000_synth0: segments per frame" in report
+    assert "### 0000_synth0 (the only video)" in report and "void light yellow" in report
+    caption = next(line for line in report.splitlines() if line.startswith("0000_synth0, the only video: "))
+    assert "mIoU over GT-present classes " in caption and " pp (" in caption and ", mIoU " in caption
+    assert "Synthetic set: 1 video x 17 frames" in report and "Pictures of 1 video in" in report
+
+
+def test_demo_ranks_videos_by_the_gain_over_gt_present_classes(monkeypatch):
+    """a gains the most plain mIoU (spurious classes removed), b the most over GT-present classes:
+    b is shown as helped most, each with both gains in percentage points."""
+    from types import SimpleNamespace
+
+    from sam2vss import demo
+
+    table = {  # (video, method) -> (miou, miou_present)
+        ("a", 0): (0.40, 0.70),
+        ("a", 1): (0.60, 0.71),
+        ("b", 0): (0.50, 0.50),
+        ("b", 1): (0.52, 0.60),
+        ("c", 0): (0.50, 0.50),
+        ("c", 1): (0.50, 0.40),
+    }
+
+    def summarize(stats, cfg):  # stats: [one video's stats], here (name, method)
+        return dict(zip(("miou", "miou_present"), table[(stats[0].name, stats[0].method)], strict=True))
+
+    monkeypatch.setattr(demo, "summarize", summarize)
+    base, refined = (
+        SimpleNamespace(videos=[SimpleNamespace(name=v, method=m) for v in "abc"]) for m in (0, 1)
+    )
+    shown = demo.pick_videos(base, refined, None)
+    assert [(s.video, s.role) for s in shown] == [("b", "helped most"), ("c", "helped least")]
+    assert shown[0].gains() == (
+        "mIoU over GT-present classes +10.00 pp (50.00% -> 60.00%), mIoU +2.00 pp (50.00% -> 52.00%)"
+    )
 
 
 def test_demo_with_random_weights_says_so(tmp_path, capsys):

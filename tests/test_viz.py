@@ -1,10 +1,13 @@
 """`sam2vss viz`: the fixed / broken counts against a per-pixel brute force, the error-map tile's
-colours against those counts, masklet contours only where masklets were saved, the MP4's frame
-count decoded back with PyAV, and the refusals (one line, nothing written)."""
+colours against those counts, one void colour (no class's) in the GT and error tiles, the legend
+naming every error-map colour and only with an error map, masklet contours only where masklets
+were saved, the MP4's frame count decoded back with PyAV, the printed summary, and the refusals
+(one line, nothing written)."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import av
 import numpy as np
@@ -14,15 +17,24 @@ from PIL import Image
 from sam2vss.cli import main
 from sam2vss.config import SynthConfig
 from sam2vss.data import open_dataset, read_label_png
-from sam2vss.labels import IGNORE
+from sam2vss.evaluate import plural
+from sam2vss.labels import IGNORE, NUM_CLASSES, VSPW_PALETTE
 from sam2vss.sinks import write_label_png
 from sam2vss.synth import synthesize
 from sam2vss.viz import (
+    BOTH_RIGHT,
+    BOTH_WRONG,
     BROKEN,
     CONTOUR,
     FIXED,
+    LEGEND,
+    VOID,
+    Frame,
     Layout,
+    Pictures,
     contact_sheet,
+    describe,
+    error_map,
     fix_break_counts,
     frame_tiles,
     masklet_edges,
@@ -125,7 +137,7 @@ def test_error_tile_colours_are_the_caption_counts(viz_run, row):
     ds, video = open_dataset(root), _videos(root)[0]
     plan = plan_video(ds, video, [root / "pred_base", refined])
     frames = [read_frame(ds, plan[i]) for i in sample_frames(FRAMES, 4)]
-    sheet, layout = contact_sheet(video, frames, ["base", "refined"])
+    sheet, layout = contact_sheet(video, frames, ["base", "refined"], FRAMES)
     written = np.asarray(Image.open(out / video / "contact.png").convert("RGB"))
     assert np.array_equal(np.asarray(sheet), written)
     x0, y0, x1, y1 = layout.box(row, layout.columns - 1)
@@ -139,6 +151,107 @@ def test_error_tile_colours_are_the_caption_counts(viz_run, row):
         broken * k2,
     )
     assert frame_tiles(f, ["base", "refined"])[-1][1] == f"refined vs base: +{fixed} fixed / -{broken} broken"
+
+
+def _void_frame() -> Frame:
+    """A 24x32 frame (enlarged to 320 px) whose GT has a void box and both predictions class 0
+    there, the class whose palette colour is black."""
+    rng = np.random.default_rng(11)
+    gt = rng.integers(0, 4, (24, 32)).astype(np.uint8)
+    gt[2:10, 3:15] = IGNORE
+    first = np.where(rng.random(gt.shape) < 0.5, gt, 1).astype(np.uint8)
+    other = np.where(rng.random(gt.shape) < 0.7, gt, 2).astype(np.uint8)
+    first[gt == IGNORE] = other[gt == IGNORE] = 0
+    image = rng.integers(0, 256, (*gt.shape, 3)).astype(np.uint8)
+    return Frame("00000", image, gt, [first, other], [None, None])
+
+
+def _tile(sheet, layout, col) -> np.ndarray:
+    x0, y0, x1, y1 = layout.box(0, col)
+    return np.asarray(sheet)[y0:y1, x0:x1]
+
+
+def test_void_is_one_colour_of_no_class_in_the_gt_and_error_tiles():
+    classes = {tuple(c) for c in VSPW_PALETTE[:NUM_CLASSES]}
+    assert VOID not in classes and VOID not in {FIXED, BROKEN, BOTH_WRONG, BOTH_RIGHT, CONTOUR}
+    f = _void_frame()
+    sheet, layout = contact_sheet("v", [f], ["base", "refined"])
+    void = _enlarge_mask(f.gt == IGNORE, scale_for(f.gt.shape[1]))
+    for col in (3, 4):  # frame | base | refined | GT | error map
+        tile = _tile(sheet, layout, col)
+        assert np.array_equal(np.all(tile == VOID, axis=-1), void), f"column {col}"
+    assert frame_tiles(f, ["base", "refined"])[3][1] == "ground truth (void light yellow)"
+
+
+def _enlarge_mask(mask: np.ndarray, k: int) -> np.ndarray:
+    return mask.repeat(k, axis=0).repeat(k, axis=1)
+
+
+def test_legend_names_every_error_map_colour():
+    f = _void_frame()
+    drawn = {tuple(c) for c in error_map(f.preds[0], f.preds[1], f.gt).reshape(-1, 3)}
+    assert drawn == {colour for colour, _ in LEGEND}  # the fixture draws all five
+    assert [text for _, text in LEGEND] == [
+        "fixed",
+        "broken",
+        "both wrong",
+        "both right",
+        "GT void, not counted",
+    ]
+
+
+@pytest.mark.parametrize(("names", "legend"), [(["base"], False), (["base", "refined"], True)])
+def test_error_map_legend_only_with_an_error_map(names, legend):
+    """One method: no error-map column, so no legend line and none of its swatches in the header."""
+    f = _void_frame()
+    f.preds, f.masklets = f.preds[: len(names)], f.masklets[: len(names)]
+    sheet, layout = contact_sheet("v", [f], names)
+    header = np.asarray(sheet)[: layout.header_h]
+    assert layout.columns == 2 * len(names) + 1
+    assert np.all(header == FIXED, axis=-1).any() == legend
+    assert np.all(header == VOID, axis=-1).any() == legend
+
+
+def _pictures(video: str, frames: int, sampled: int) -> Pictures:
+    return Pictures(video, Path("c.png"), (), Path("s.mp4"), frames, sampled)
+
+
+@pytest.mark.parametrize(
+    ("written", "frames", "line"),
+    [
+        ([(8, 8)], 20, "pictures of 1 video: contact sheet of all 8 frames (--frames 20); 8 frames in"),
+        ([(24, 4)], 4, "pictures of 1 video: contact sheet of 4 of 24 frames; 24 frames in"),
+        ([(1, 1)], 4, "pictures of 1 video: contact sheet of all 1 frame (--frames 4); 1 frame in"),
+        ([(24, 4), (9, 4)], 4, "pictures of 2 videos: contact sheets of 4 sampled frames each; 33 frames"),
+        (
+            [(24, 4), (3, 3)],
+            4,
+            "pictures of 2 videos: contact sheets of 4 sampled frames each, all frames of the 1 video"
+            " with fewer (e.g. v1) (--frames 4); 27 frames",
+        ),
+    ],
+)
+def test_describe_says_how_many_frames_each_sheet_shows(written, frames, line):
+    pictures = [_pictures(f"v{i}", n, k) for i, (n, k) in enumerate(written)]
+    assert describe(pictures, frames).startswith(line)
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 videos"), (1, "1 video"), (2, "2 videos")])
+def test_plural(n, text):
+    assert plural(n, "video") == text
+
+
+def test_viz_one_pred_more_frames_than_the_video(viz_set, tmp_path, capsys):
+    """--frames above the video's length: every frame, said in the summary; one --pred: no
+    error-map column."""
+    root, _ = viz_set
+    video = _videos(root)[0]
+    args = ["viz", "-q", "--data", str(root), "--pred", f"base={root / 'pred_base'}", "--video", video]
+    assert main([*args, "--frames", "20", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote pictures of 1 video: contact sheet of all {FRAMES} frames (--frames 20);" in out
+    sheet = Image.open(tmp_path / "out" / video / "contact.png")
+    assert sheet.width == Layout(W * scale_for(W), H * scale_for(W), 3).width  # frame | base | GT
 
 
 def _contour_pixels(path, rows: int) -> int:

@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         " _.-) to compare methods: one table with each method's delta against the first",
     )
     e.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
-    e.add_argument("--layout", choices=("auto", "vspw", "vipseg"), default="auto", help="dataset layout")
+    e.add_argument("--layout", choices=("auto", "vspw", "vipseg"), default="auto", help=_LAYOUT_HELP)
     e.add_argument("--json", type=Path, help="write the metrics JSON here (a `methods` list per method)")
     e.add_argument("--csv", type=Path, help="write the table (methods and delta rows) as CSV here")
     e.add_argument("--pred-format", choices=("semantic", "vps"), default="semantic", help=_PRED_FORMAT_HELP)
@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="contact sheets, overlays and a side-by-side MP4 of prediction folders against the GT",
         description="Per video, OUT/<video>/: contact.png (sampled frames x frame | methods | GT | error map"
-        " of each method against the first: green fixed, red broken, grey both wrong, black void),"
+        " of each method against the first: green fixed, red broken, grey both wrong, white both right,"
+        " light yellow GT void, as in the GT column),"
         " overlay_<method>.png (labels over the frames, masklet contours where <video>/masklets/ was"
         " saved) and side_by_side.mp4 (every frame, its frame count checked).",
     )
@@ -429,7 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--out", type=Path, required=True, help="output folder (never inside an input)")
     v.add_argument("--split", default="val", help="split file name without .txt (default %(default)s)")
-    v.add_argument("--layout", choices=("auto", "vspw", "vipseg"), default="auto", help="dataset layout")
+    v.add_argument(
+        "--layout",
+        choices=("auto", "vspw", "vipseg"),
+        default="auto",
+        help=_LAYOUT_HELP,
+    )
     v.add_argument(
         "--video", action="append", default=None, help="a video of the split (repeat; default: all)"
     )
@@ -646,6 +652,7 @@ _SAVE_MASKLETS_HELP = (
     " of the masklet that won the pixel in its window, 0 = none; superpixels: segment id + 1); labels"
     " are unchanged, so no other configuration; a rerun with it redoes videos done without it"
 )
+_LAYOUT_HELP = "dataset layout (default %(default)s: VSPW where the root has data/, else VIPSeg's panomasks/)"
 _PRED_FORMAT_HELP = (
     "semantic: label PNGs DIR/<video>/<frame>.png; vps: video-panoptic predictions as DVIS / DVIS++ /"
     " CAVIS write them (DIR/pan_pred/<video>/*.png + DIR/pred.json), converted to class maps first"
@@ -959,13 +966,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_viz(a: argparse.Namespace) -> int:
-    from sam2vss.viz import visualize
+    from sam2vss.viz import describe, visualize
 
     methods = eval_methods(a.pred)
     dataset = open_dataset(a.data, a.layout)
     written = visualize(dataset, methods, a.out, a.split, a.video, a.frames, progress=not a.quiet)
-    frames = sum(p.frames for p in written)
-    print(f"wrote pictures of {len(written)} videos ({frames} frames in the MP4s) -> {a.out}")
+    print(f"wrote {describe(written, a.frames)} -> {a.out}")
     return 0
 
 

@@ -221,7 +221,12 @@ def format_table(
     return "\n".join(lines)
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 video', '3 videos': the count and the noun, -s for any count but one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def describe_counts(m: dict[str, float | int]) -> str:
-    parts = [f"{m['videos']} videos", f"{m['frames']} frames"]
-    parts += [f"{m[k]} VC{k[7:]} windows" for k in m if k.startswith("windows")]
+    parts = [plural(m["videos"], "video"), plural(m["frames"], "frame")]
+    parts += [plural(m[k], f"VC{k[7:]} window") for k in m if k.startswith("windows")]
     return ", ".join(parts) + f"; mIoU over GT-present classes {100 * m['miou_present']:.2f}"

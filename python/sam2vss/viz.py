@@ -8,8 +8,10 @@ frame, its frame count checked by decoding it back.
 
 The one decision to know: an error map compares a method with the *first* method against the
 GT (green: this one fixed the pixel, red: it broke it, grey: both wrong, white: both right,
-black: GT void, not evaluated), and `fix_break_counts` is the one place those pixels are
-counted; the captions print its numbers and the colours are drawn from the same masks.
+light yellow: GT void, not evaluated), and `fix_break_counts` is the one place those pixels are
+counted; the captions print its numbers and the colours are drawn from the same masks. Void is
+the one light yellow in the GT column and the error maps alike: no class colour of the VSPW
+palette (VOC colours, then greys) and no other error-map colour.
 Everything is validated before the first write, and every file is written atomically.
 """
 
@@ -33,6 +35,7 @@ from sam2vss.data import (
     match_frames,
     read_label_png,
 )
+from sam2vss.evaluate import plural
 from sam2vss.labels import IGNORE, NUM_CLASSES, VSPW_PALETTE
 from sam2vss.outdir import Input, check_writable, guard_output
 from sam2vss.sinks import atomic_write
@@ -41,7 +44,7 @@ FIXED = (0, 200, 0)
 BROKEN = (230, 0, 0)
 BOTH_WRONG = (160, 160, 160)  # lighter than the fixed / broken pixels the eye should find
 BOTH_RIGHT = (255, 255, 255)
-VOID = (0, 0, 0)
+VOID = (255, 236, 139)  # light yellow: not a palette colour (those are VOC colours, then greys)
 CONTOUR = (255, 255, 255)  # never a blend: no frame pixel and label colour are both white
 MIN_TILE_WIDTH = 320  # narrower frames are enlarged (nearest neighbour) so captions fit
 CAPTION_H = 22
@@ -78,9 +81,10 @@ def error_map(first: np.ndarray, other: np.ndarray, gt: np.ndarray) -> np.ndarra
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
-    """Class ids in the VSPW palette (the one predictions are written with); void white."""
+    """Class ids in the VSPW palette (the one predictions are written with); void in VOID, the
+    error maps' colour for it."""
     rgb = VSPW_PALETTE[labels]
-    rgb[labels == IGNORE] = 255
+    rgb[labels == IGNORE] = VOID
     return rgb
 
 
@@ -235,7 +239,7 @@ def frame_tiles(frame: Frame, names: Sequence[str]) -> list[tuple[np.ndarray, st
     """(rgb, caption) of each column: frame | methods | GT | error map per method after the first."""
     tiles = [(frame.image, f"frame {frame.name}")]
     tiles += [(colorize(p), n) for n, p in zip(names, frame.preds, strict=True)]
-    tiles.append((colorize(frame.gt), "ground truth (void white)"))
+    tiles.append((colorize(frame.gt), "ground truth (void light yellow)"))
     for name, pred in zip(names[1:], frame.preds[1:], strict=True):
         fixed, broken, _ = fix_break_counts(frame.preds[0], pred, frame.gt)
         tiles.append(
@@ -273,7 +277,9 @@ def render_row(frame: Frame, names: Sequence[str]) -> Image.Image:
 
 
 def _summary(frames: Sequence[Frame], m: int) -> str:
-    """Pixel accuracy and the mean IoU over the classes in GT or prediction, on `frames` only."""
+    """Pixel accuracy and mean IoU on `frames` only: over the classes in their GT (the demo
+    report ranks videos by it) and over the classes in GT or prediction (a class only predicted
+    counts as IoU 0, so spurious blobs weigh as much as a missed object)."""
     c = NUM_CLASSES
     conf = np.zeros(c * c, np.int64)
     for f in frames:
@@ -283,33 +289,58 @@ def _summary(frames: Sequence[Frame], m: int) -> str:
     tp, gt_n, pred_n = np.diag(conf), conf.sum(1), conf.sum(0)
     union = gt_n + pred_n - tp
     present = union > 0
+    in_gt = gt_n > 0
     acc = tp.sum() / max(conf.sum(), 1)
     miou = (tp[present] / union[present]).mean() if present.any() else float("nan")
-    return f"pixel accuracy {100 * acc:.2f}%, mIoU {100 * miou:.2f}% (classes in GT or prediction)"
+    miou_gt = (tp[in_gt] / union[in_gt]).mean() if in_gt.any() else float("nan")
+    return (
+        f"pixel accuracy {100 * acc:.2f}%; mIoU {100 * miou_gt:.2f}% over the classes in the GT,"
+        f" {100 * miou:.2f}% over the classes in GT or prediction"
+    )
+
+
+LEGEND = (
+    (FIXED, "fixed"),
+    (BROKEN, "broken"),
+    (BOTH_WRONG, "both wrong"),
+    (BOTH_RIGHT, "both right"),
+    (VOID, "GT void, not counted"),
+)
 
 
 def _legend(draw: ImageDraw.ImageDraw, x: int, y: int, font) -> None:
-    for colour, text in ((FIXED, "fixed"), (BROKEN, "broken"), (BOTH_WRONG, "both wrong"), (VOID, "void")):
+    for colour, text in LEGEND:
         draw.rectangle((x, y + 3, x + 13, y + 16), fill=colour, outline=(0, 0, 0))
         draw.text((x + 18, y + 1), text, fill=(0, 0, 0), font=font)
         x += 30 + int(draw.textlength(text, font=font))
 
 
-def contact_sheet(video: str, frames: Sequence[Frame], names: Sequence[str]) -> tuple[Image.Image, Layout]:
-    """The header (video, each method's summary over these frames, the error-map legend) and a
-    row per frame."""
-    header = [f"{video}: {len(frames)} sampled frames; on these frames only:"]
+def sampled_phrase(shown: int, total: int) -> str:
+    """'4 of 24 frames' or 'all 8 frames' (--frames above the video's length shows them all)."""
+    return f"all {plural(total, 'frame')}" if shown == total else f"{shown} of {plural(total, 'frame')}"
+
+
+def contact_sheet(
+    video: str, frames: Sequence[Frame], names: Sequence[str], total: int | None = None
+) -> tuple[Image.Image, Layout]:
+    """The header (video, each method's summary over these frames of `total` (default: these
+    are all), the error-map legend with two or more methods) and a row per frame."""
+    total = len(frames) if total is None else total
+    shown = sampled_phrase(len(frames), total) + ("" if len(frames) == total else ", sampled evenly")
+    header = [f"{video}: {shown}; the numbers below are over these frames only"]
     header += [f"{n}: {_summary(frames, m)}" for m, n in enumerate(names)]
-    header_h = HEADER_LINE_H * (len(header) + 1) + GAP
+    legend_lines = 1 if len(names) > 1 else 0  # no error-map column with one method
+    header_h = HEADER_LINE_H * (len(header) + legend_lines) + GAP
     layout, k = layout_for(frames[0], 2 * len(names) + 1, header_h)
     sheet = Image.new("RGB", (layout.width, header_h + len(frames) * layout.row_h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     font = _font(16)
     for i, line in enumerate(header):
         draw.text((GAP + 2, GAP + i * HEADER_LINE_H), line, fill=(0, 0, 0), font=font)
-    legend_y, legend = GAP + len(header) * HEADER_LINE_H, f"error maps, each method against {names[0]}:"
-    draw.text((GAP + 2, legend_y + 1), legend, fill=(0, 0, 0), font=font)
-    _legend(draw, GAP + 30 + int(draw.textlength(legend, font=font)), legend_y, font)
+    if legend_lines:
+        legend_y, legend = GAP + len(header) * HEADER_LINE_H, f"error maps, each method against {names[0]}:"
+        draw.text((GAP + 2, legend_y + 1), legend, fill=(0, 0, 0), font=font)
+        _legend(draw, GAP + 30 + int(draw.textlength(legend, font=font)), legend_y, font)
     for row, frame in enumerate(frames):
         _paste_row(sheet, layout, row, frame_tiles(frame, names), k)
     return sheet, layout
@@ -405,6 +436,7 @@ class Pictures:
     overlays: tuple[Path, ...]
     mp4: Path
     frames: int  # in the MP4 (the video's GT frames)
+    sampled: int  # contact-sheet rows: --frames, or every frame of a shorter video
 
 
 def _rows(dataset: Dataset, plan: list[FramePaths], names: Sequence[str], first: Frame):
@@ -426,14 +458,32 @@ def visualize_video(
 ) -> Pictures:
     folder = Path(out) / video
     picked = [read_frame(dataset, plan[i]) for i in sample_frames(len(plan), samples)]
-    sheet, _ = contact_sheet(video, picked, names)
+    sheet, _ = contact_sheet(video, picked, names, len(plan))
     _save_png(folder / "contact.png", sheet)
     overlays = []
     for m, name in enumerate(names):
         overlays.append(folder / f"overlay_{_file_word(name)}.png")
         _save_png(overlays[-1], overlay_sheet(picked, m, name))
-    n = write_mp4(folder / "side_by_side.mp4", _rows(dataset, plan, names, picked[0]))
-    return Pictures(video, folder / "contact.png", tuple(overlays), folder / "side_by_side.mp4", n)
+    mp4 = folder / "side_by_side.mp4"
+    n = write_mp4(mp4, _rows(dataset, plan, names, picked[0]))
+    return Pictures(video, folder / "contact.png", tuple(overlays), mp4, n, len(picked))
+
+
+def describe(written: Sequence[Pictures], frames: int) -> str:
+    """What `viz` wrote, in a line: videos, contact-sheet rows (saying where a video has fewer
+    frames than --frames, which then shows them all) and the MP4s' frames."""
+    short = [p for p in written if p.sampled < frames]
+    if len(written) == 1:
+        rows = f"contact sheet of {sampled_phrase(written[0].sampled, written[0].frames)}"
+    else:
+        rows = f"contact sheets of {frames} sampled frames each"
+        if short:
+            rows += f", all frames of the {plural(len(short), 'video')} with fewer (e.g. {short[0].video})"
+    if short:
+        rows += f" (--frames {frames})"
+    mp4 = plural(sum(p.frames for p in written), "frame")
+    mp4s = "MP4" if len(written) == 1 else "MP4s"
+    return f"pictures of {plural(len(written), 'video')}: {rows}; {mp4} in the side-by-side {mp4s}"
 
 
 def visualize(
