@@ -531,10 +531,6 @@ def _suggest_name(folder: Path, k: int) -> str:
     return name or f"method{k + 1}"
 
 
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
 def cmd_eval(a: argparse.Namespace) -> int:
     from sam2vss.data import open_dataset
     from sam2vss.outdir import check_writable
@@ -736,6 +732,7 @@ def refine_configs(a: argparse.Namespace) -> tuple[RefineConfig, ModelConfig | N
 
 
 def cmd_refine(a: argparse.Namespace) -> int:
+    from sam2vss.evaluate import plural
     from sam2vss.refine import refine_jobs
 
     cfg, model_cfg, run = refine_configs(a)
