@@ -148,7 +148,11 @@ def _recording(tracker, logits: list[torch.Tensor]):
     return recorded
 
 
-SLOW_IDS = {"instances_w7", "sam2_w7"}  # ~10 and ~30 s on 2 cores; the others cover each path
+SLOW_IDS = {
+    "instances_w7",
+    "sam2_w7",
+    "instances_w32_logit",
+}  # 6-30 s each on 2 cores; the others cover each path
 
 
 @pytest.mark.parametrize(

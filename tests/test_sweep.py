@@ -206,6 +206,7 @@ def test_sweep_refuses_a_foreign_folder_and_one_inside_the_inputs(data, tmp_path
     assert "--out" in capsys.readouterr().err and not (pred / "sweep").exists()
 
 
+@pytest.mark.slow  # any RefineConfig field sweeps; the three sweeps above are the default set
 def test_sweep_over_window_overlap(data, tmp_path):
     """`--param window_overlap` like any field: a folder per value, 0 being the non-overlapping
     configuration as hashed before the field existed, 2 a window every W - K = 1 frames."""
