@@ -15,7 +15,7 @@ import torch
 
 from sam2vss.config import MetricConfig, RefineConfig, RunConfig
 from sam2vss.data import open_dataset
-from sam2vss.engine import Pipeline
+from sam2vss.engine import Pipeline, redetect_frames
 from sam2vss.evaluate import EvalResult, evaluate
 from sam2vss.labels import bad_label_ids
 from sam2vss.model import ModelConfig
@@ -86,8 +86,14 @@ class Refiner:
         for span in window_spans(frames.shape[0], cfg.window, cfg.window_overlap):  # as `refine`
             f = frames[span.start : span.stop].to(p.frames_device)
             ids = None if instances is None else np.asarray(instances[span.start])
+            later = {}  # the re-detection frames' instance ids
+            if instances is not None:
+                later = {
+                    t: np.asarray(instances[span.start + t])
+                    for t in redetect_frames(cfg.redetect_every, span.stop - span.start)
+                }
             s = labels[span.start : span.stop].to(p.device)
-            window = Window(f, s, None, ids, p.prepare(f), span.overlap, span.next_keyframe)
+            window = Window(f, s, None, ids, p.prepare(f), span.overlap, span.next_keyframe, later)
             refined = p.refine_window(window, carried=carry)
             carry = refined.carry
             refined.wait()  # a GPU's copy back into pinned memory

@@ -247,6 +247,13 @@ class RefineConfig:
         " on (README: the carry-over and vote rules)",
         low=0,
     )
+    redetect_every: int = option(
+        0,
+        "re-detect new objects every K frames within a window (0: only on its first frame, the"
+        " paper's); detections mostly inside the tracked masklets are dropped, the rest tracked to the"
+        " window's end (README: the re-detection rule); K >= --window does nothing",
+        low=0,
+    )
     grid: int = option(16, "AMG points per side", low=1)
     pred_iou_thresh: float = option(0.6, "AMG predicted-IoU threshold, in [0, 1]", low=0.0, high=1.0)
     stability_thresh: float = option(0.8, "AMG stability-score threshold, in [0, 1]", low=0.0, high=1.0)
@@ -319,6 +326,12 @@ class RefineConfig:
                 f"window_overlap (--window-overlap {self.window_overlap}) needs tracked masklets, and"
                 " superpixels (--masks superpixel) are per frame and untracked: use --window-overlap 0,"
                 " or --masks sam2 / instances",
+            ),
+            (
+                not (self.masks == "superpixel" and self.redetect_every > 0),
+                f"redetect_every (--redetect-every {self.redetect_every}) needs tracked masklets, and"
+                " superpixels (--masks superpixel) are computed on every frame anyway: use"
+                " --redetect-every 0, or --masks sam2 / instances",
             ),
             (
                 self.engine is None or isinstance(self.engine, EngineConfig),

@@ -50,7 +50,7 @@ tracking features with detection and trade exactness for speed, on CUDA with a b
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import torch
@@ -60,7 +60,15 @@ from sam2vss.backends import apply_backend, fit_rope_tables
 from sam2vss.config import EngineConfig, RefineConfig
 from sam2vss.detect import BatchedDetector
 from sam2vss.kernels import kernel_ops
-from sam2vss.masklets import InstanceMasks, Superpixels, carry_over, keep_largest, tracked_masks, upload
+from sam2vss.masklets import (
+    InstanceMasks,
+    Superpixels,
+    carry_over,
+    keep_largest,
+    redetected,
+    tracked_masks,
+    upload,
+)
 from sam2vss.model import ModelConfig
 from sam2vss.propagate import (
     BatchedTracker,
@@ -143,13 +151,14 @@ class FastTracker:
         masks: torch.Tensor,
         images: torch.Tensor,
         keyframe: dict | None = None,
-        carry: Carry | None = None,
+        carries: Sequence[Carry] = (),
     ) -> Iterator[torch.Tensor]:
-        """`carry`: filled with the masks at its frame, on the device (a resize and a compare,
-        no sync)."""
+        """Each of `carries`: filled with the masks at its frame, on the device (a resize and a
+        compare, no sync)."""
         for t, logits in enumerate(self.batched.track(images, masks, self.stages, keyframe)):
-            if carry is not None and t == carry.frame:
-                carry.masks = tracked_masks(logits, carry.size)
+            for carry in carries:
+                if t == carry.frame:
+                    carry.masks = tracked_masks(logits, carry.size)
             yield logits[:, 0]
 
 
@@ -316,11 +325,9 @@ class Pipeline:
             return self._superpixel_window(window, labels, keep_ids)
         with st.time("preprocess"):
             images = tracker.preprocess(window)
+        redetect = redetect_frames(cfg.redetect_every, len(labels))
         with torch.inference_mode(), tracker.precision():
-            keyframe = None
-            if self.source.shares_keyframe:
-                with st.time("encode"):
-                    keyframe = tracker.encode_keyframe(images)
+            keyframe = self._encode(images, 0)
             with st.time("detect"):
                 masks, areas = self.source.keyframe(window, keyframe)
                 if window.overlap > 0:  # the carry-over rule; one sync on a GPU (its filter)
@@ -329,22 +336,59 @@ class Pipeline:
             carry = None
             if window.next_keyframe is not None:
                 carry = Carry(window.next_keyframe, tuple(masks.shape[-2:]))
-            if masks.shape[0] == 0:
+            if masks.shape[0] == 0 and not redetect:
                 if carry is not None:
                     carry.masks = masks  # no masklet to carry on
-                none = torch.zeros(labels.shape, dtype=torch.uint16, device=self.device) if keep_ids else None
-                covered = torch.zeros((), dtype=torch.int64, device=self.device)
-                return self._finish(labels, 0, covered, none, carry)
-            rank = paint_rank(areas.to(self.device), cfg.paint_order)
+                return self._nothing(labels, keep_ids, carry)
+            groups = Groups(tracker, window, images, redetect, carry, masks)
+            groups.add(0, masks, areas, keyframe)
             by_logit = cfg.paint_order == "logit"
-            votes = Votes(self.ops, rank, cfg.num_classes, cfg.vote_scope, by_logit, keep_ids)
-            frames = tracker.track(window, masks, images, keyframe, carry=carry)
-            for logits, s in zip(frames, labels, strict=True):
+            votes = Votes(self.ops, groups.rank(self.device, cfg.paint_order), cfg.num_classes,
+                          cfg.vote_scope, by_logit, keep_ids)  # fmt: skip
+            for t, s in enumerate(labels):
+                logits = groups.step()  # the masklets tracked so far, at frame t
+                if t in redetect:  # the re-detection rule; syncs: detection's and its filter's
+                    new = self._redetect(window, images, t, groups)
+                    if new is not None:
+                        logits = torch.cat([logits, new]) if logits.shape[0] else new
+                        votes.grow(groups.rank(self.device, cfg.paint_order))
                 with st.time("aggregate+vote"):
                     votes.add(logits, s)
+            groups.close()
+            if carry is not None:
+                carry.masks = groups.carried()
+            if groups.count == 0:
+                return self._nothing(labels, keep_ids, carry)
             with st.time("aggregate+vote"):
                 ids = votes.masklet_ids() if keep_ids else None
-                return self._finish(votes.painted(), masks.shape[0], votes.covered, ids, carry)
+                return self._finish(votes.painted(), groups.count, votes.covered, ids, carry)
+
+    def _encode(self, images: torch.Tensor, t: int) -> dict | None:
+        """Frame t's backbone output when detection shares the tracker's encoding, else None."""
+        if not self.source.shares_keyframe:
+            return None
+        with self.stages.time("encode"):
+            return self.tracker.encode_keyframe(images[t:])
+
+    def _redetect(self, window: Window, images, t: int, groups: Groups) -> torch.Tensor | None:
+        """Frame t's new masklets (the re-detection rule) tracked from t as a new group: their
+        logits at frame t, or None when the frame adds none."""
+        features = self._encode(images, t)
+        with self.stages.time("detect"):
+            masks, areas = self.source.keyframe(window.at(t), features)
+            cap = self.source.max_masklets
+            left = None if cap is None else max(cap - groups.count, 0)
+            masks, areas = redetected(groups.tracked_at(t, masks.device), masks, areas, left)
+        if masks.shape[0] == 0:
+            return None
+        groups.add(t, masks, areas, features)
+        return groups.step_new()
+
+    def _nothing(self, labels: torch.Tensor, keep_ids: bool, carry: Carry | None) -> Refined:
+        """A window without masklets: its base labels."""
+        none = torch.zeros(labels.shape, dtype=torch.uint16, device=self.device) if keep_ids else None
+        covered = torch.zeros((), dtype=torch.int64, device=self.device)
+        return self._finish(labels, 0, covered, none, carry)
 
     def _superpixel_window(self, window: Window, labels: torch.Tensor, keep_ids: bool) -> Refined:
         """Superpixels: each frame's partition voted and painted on its own (vote scope frame)."""
@@ -386,6 +430,103 @@ class Pipeline:
         ready.record()
         self._last = Refined(host, masklets, count, ready, host_ids, carry)
         return self._last
+
+
+def redetect_frames(every: int, frames: int) -> range:
+    """The window frames the re-detection rule detects on: K, 2K, ... < the window's length (none
+    when K is 0 or >= the window)."""
+    return range(every, frames, every) if every > 0 else range(0)
+
+
+class Groups:
+    """A window's masklets as groups, each detected on one frame (the keyframe, or a re-detection
+    frame) and tracked from there to the window's end by a tracker run of its own (a
+    BatchedTracker.track call on images[t:], or an OfficialTracker run on the frames t..). Groups
+    are in detection order, so the masklets present at frame t are a prefix of the window's list
+    and a paint winner's index is its index in that list.
+
+    Each group's tracker fills a `Carry` (its masks at the source's resolution) at every later
+    re-detection frame (the filter's tracked masks) and at the next window's keyframe."""
+
+    def __init__(
+        self, tracker, window: Window, images, redetect: range, carry: Carry | None, like: torch.Tensor
+    ):
+        self.tracker, self.window, self.images = tracker, window, images
+        self.redetect, self.carry = redetect, carry
+        self.size, self.device = tuple(like.shape[-2:]), like.device  # the keyframe masks' (the source's)
+        self.starts: list[int] = []  # each group's detection frame
+        self.counts: list[int] = []  # its masklets
+        self.areas: list[torch.Tensor] = []  # (n,) int64 detection-frame areas
+        self.frames: list[Iterator[torch.Tensor]] = []  # its tracker's (n, h, w) logits per frame
+        self.carries: list[dict[int, Carry]] = []  # window frame -> its masks there
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def add(self, t: int, masks: torch.Tensor, areas: torch.Tensor, keyframe: dict | None) -> None:
+        """A group of masks (N, H, W) bool detected on window frame t (none: no group)."""
+        if masks.shape[0] == 0:
+            return
+        wanted = {f for f in self.redetect if f > t}
+        if self.carry is not None and self.carry.frame >= t:
+            wanted.add(self.carry.frame)
+        carries = {f: Carry(f - t, self.size) for f in sorted(wanted)}
+        images = None if self.images is None else self.images[t:]
+        run = self.tracker.track(self.window.at(t), masks, images, keyframe, carries=list(carries.values()))
+        self.starts.append(t)
+        self.counts.append(masks.shape[0])
+        self.areas.append(areas)
+        self.frames.append(run)
+        self.carries.append(carries)
+
+    def rank(self, device: torch.device, order: str) -> torch.Tensor:
+        """(N,) int32 paint ranks of all masklets so far (paint_rank over their detection-frame
+        areas, ties in detection order); (0,) when there are none."""
+        if not self.areas:
+            return torch.zeros(0, dtype=torch.int32, device=device)
+        return paint_rank(torch.cat([a.to(device) for a in self.areas]), order)
+
+    def step(self) -> torch.Tensor:
+        """The next frame's (N, h, w) logits of every group, in group order ((0, 1, 1): none)."""
+        if not self.frames:
+            return torch.zeros((0, 1, 1))
+        if len(self.frames) == 1:
+            return next(self.frames[0])
+        return torch.cat([next(run) for run in self.frames])
+
+    def step_new(self) -> torch.Tensor:
+        """The newest group's logits at its detection frame (its first)."""
+        return next(self.frames[-1])
+
+    def tracked_at(self, t: int, device: torch.device) -> torch.Tensor:
+        """(M, H, W) bool: the masks at frame t (after `step` passed it) of the groups detected
+        before t; (0, H, W) on `device` when there are none."""
+        masks = [c[t].masks for c in self.carries]
+        return torch.cat(masks) if masks else torch.zeros((0, *self.size), dtype=torch.bool, device=device)
+
+    def carried(self) -> torch.Tensor:
+        """(N, H, W) bool: every masklet's mask at the next window's keyframe, in the window's
+        masklet order; the groups detected after it are empty there."""
+        frame = self.carry.frame
+        masks = [
+            c[frame].masks
+            if t <= frame
+            else torch.zeros((n, *self.size), dtype=torch.bool, device=self.device)
+            for t, n, c in zip(self.starts, self.counts, self.carries, strict=True)
+        ]
+        if len(masks) == 1:
+            return masks[0]
+        return (
+            torch.cat(masks) if masks else torch.zeros((0, *self.size), dtype=torch.bool, device=self.device)
+        )
+
+    def close(self) -> None:
+        """Runs each tracker to its end, the newest first (the official tracker's autocast and
+        temporary folder are left in the order they were entered)."""
+        for run in reversed(self.frames):
+            if next(run, None) is not None:
+                raise RuntimeError("Groups.close: a tracker yielded more frames than the window has")
 
 
 def _carried(window: Window, carried: Carry | None) -> torch.Tensor:

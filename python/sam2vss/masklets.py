@@ -10,7 +10,8 @@ so with `shares_keyframe`).
 The decision a reader must know: the preset's masklet cap (`max_masklets`, the N largest) is the
 source's, applied before the masks leave it, so a tracker never sees a masklet it would drop.
 With overlapping windows `carry_over` builds a later window's list (the rule is written in
-engine.py) from the previous window's tracked masks and the source's, capped the same way.
+engine.py) from the previous window's tracked masks and the source's, capped the same way;
+re-detection within a window (`redetected`) drops a frame's detections with the same filter.
 """
 
 from __future__ import annotations
@@ -55,12 +56,37 @@ def carry_over(
             f" {tuple(masks.shape[1:])}; both must be at the masklet source's resolution (Carry.size)"
         )
     carried_areas = carried.flatten(1).sum(1)
-    union = carried.any(0)
-    inside = (masks & union).flatten(1).sum(1)
-    keep = torch.cat([carried_areas > 0, 2 * inside <= areas.to(inside.device)])
+    keep = torch.cat([carried_areas > 0, untracked(carried, masks, areas)])
     index = keep.nonzero()[:, 0]  # the one sync
     both = torch.cat([carried, masks.to(carried.device)])[index]
     return keep_largest(both, torch.cat([carried_areas, areas.to(carried.device)])[index], cap)
+
+
+def untracked(tracked: torch.Tensor, masks: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """(N,) bool on `tracked`'s device: which of `masks` (N, H, W) bool, `areas` (N,) their pixel
+    counts, are new objects, i.e. have at most half of their area inside the union of `tracked`
+    (M, H, W) bool (masks already tracked there). The filter of both the carry-over and the
+    re-detection rules (engine.py); no sync."""
+    union = tracked.any(0)
+    inside = (masks.to(union.device) & union).flatten(1).sum(1)
+    return 2 * inside <= areas.to(inside.device)
+
+
+def redetected(
+    tracked: torch.Tensor, masks: torch.Tensor, areas: torch.Tensor, cap: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The re-detection rule's new masklets (engine.py): of a frame's detections (`masks` (N, H, W)
+    bool, `areas` (N,) int64), those `untracked` by the window's masklets tracked at that frame
+    (`tracked` (M, H, W) bool, at the source's resolution), in detection order; then the `cap`
+    largest (`keep_largest`; cap: the masklets the window may still add, None: all). On the
+    detections' device: one host sync on a GPU (the boolean filter), per re-detection frame."""
+    if tracked.shape[1:] != masks.shape[1:]:
+        raise ValueError(
+            f"redetected: the tracked masks are {tuple(tracked.shape[1:])} and the detections'"
+            f" {tuple(masks.shape[1:])}; both must be at the masklet source's resolution"
+        )
+    index = untracked(tracked, masks, areas).to(masks.device).nonzero()[:, 0]  # the one sync
+    return keep_largest(masks[index], areas.to(masks.device)[index], cap)
 
 
 def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:

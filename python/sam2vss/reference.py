@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,19 @@ class Window:
     #                   video's first window): refined again with this window's masklets, not written
     next_keyframe: int | None = None  # the next window's first frame, as an index in this window,
     #                                   when the next window overlaps this one (else None)
+    redetect_instances: dict[int, np.ndarray] = field(default_factory=dict)  # window frame t ->
+    #                                   (h, w) instance ids of frame t, at the re-detection frames
+    #                                   (masks="instances" with redetect_every > 0)
+
+    def at(self, t: int) -> Window:
+        """The window's frames t.. as a window of their own, detected on its first frame (frame
+        t's instance ids): what a re-detection at frame t detects on and tracks (engine.py)."""
+        if t == 0:
+            return self
+        images = None if self.images is None else self.images[t:]
+        paths = None if self.paths is None else self.paths[t:]
+        instances = self.redetect_instances.get(t)
+        return Window(self.frames[t:], self.labels[t:], paths, instances, images)
 
 
 @dataclass
@@ -174,11 +187,11 @@ class OfficialTracker:
         images: None = None,
         keyframe: None = None,
         with_features: bool = False,
-        carry: Carry | None = None,
+        carries: Sequence[Carry] = (),
     ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
-        """(N, h, w) float logits per frame at the label resolution; `carry`: filled with the
-        masks at its frame (the predictor's low-resolution logits resized to carry.size, which at
-        the frames' size is the predictor's own video-resolution output).
+        """(N, h, w) float logits per frame at the label resolution; each of `carries` filled
+        with the masks at its frame (the predictor's low-resolution logits resized to its size,
+        which at the frames' size is the predictor's own video-resolution output).
 
         With `with_features`, also the frame's stride-16 encoder features as the predictor
         computed them for tracking ((C, h16, w16), plus no_mem_embed like the image predictor's
@@ -198,9 +211,10 @@ class OfficialTracker:
                 for t, obj_ids, logits in self.predictor.propagate_in_video(state):
                     order = np.argsort(np.asarray(obj_ids))
                     logits = logits[torch.as_tensor(order)].float()
-                    if carry is not None and t == carry.frame:
-                        low = self._low_res_logits(state, t, [obj_ids[k] for k in order])
-                        carry.masks = tracked_masks(low, carry.size).cpu()
+                    for carry in carries:
+                        if t == carry.frame:
+                            low = self._low_res_logits(state, t, [obj_ids[k] for k in order])
+                            carry.masks = tracked_masks(low, carry.size).cpu()
                     if logits.shape[-2:] != out_hw:  # one resize from low resolution (module docstring)
                         low = self._low_res_logits(state, t, [obj_ids[k] for k in order])
                         logits = F.interpolate(low, size=out_hw, mode="bilinear", align_corners=False)

@@ -100,14 +100,16 @@ def refine_settings(
 
 def refine_fields(cfg: RefineConfig) -> dict:
     """The manifest's "refine" settings: the fields of `cfg` as they were hashed before `pipeline`,
-    `engine` and `window_overlap` were fields, so existing folders keep their hash: `pipeline` is
-    a key of its own beside "refine", `engine` appears only as its fields that differ from the
-    preset's (an override that changes nothing is no other configuration), and `window_overlap`
-    only when it is not 0 (non-overlapping windows are what every older folder holds)."""
+    `engine`, `window_overlap` and `redetect_every` were fields, so existing folders keep their
+    hash: `pipeline` is a key of its own beside "refine", `engine` appears only as its fields that
+    differ from the preset's (an override that changes nothing is no other configuration), and
+    `window_overlap` and `redetect_every` only when they are not 0 (non-overlapping windows
+    detected on their first frame only are what every older folder holds)."""
     fields = asdict(cfg)
     del fields["pipeline"], fields["engine"]
-    if fields["window_overlap"] == 0:
-        del fields["window_overlap"]
+    for name in ("window_overlap", "redetect_every"):
+        if fields[name] == 0:
+            del fields[name]
     overrides = cfg.engine_overrides()
     if overrides:
         fields["engine"] = overrides

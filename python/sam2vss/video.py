@@ -35,7 +35,7 @@ from sam2vss.data import (
     list_frames,
     read_label_png,
 )
-from sam2vss.engine import Pipeline
+from sam2vss.engine import Pipeline, redetect_frames
 from sam2vss.labels import NUM_CLASSES
 from sam2vss.reference import Refined, Window
 from sam2vss.report import masklet_summary
@@ -128,13 +128,15 @@ def job_windows(
     prepare=None,
     num_classes: int = NUM_CLASSES,
     overlap: int = 0,
+    redetect_every: int = 0,
 ) -> Iterator[tuple[int, Window]]:
     """The job's windows in order (`window_spans`: `overlap` frames shared with the previous
     window): frames decoded by its source (onto `device` where the backend can), base
     predictions (validated as read: data.BaseLabels; one uint8 tensor per window on
     `compute_device`, default `device`, uploaded pinned and non-blocking), `prepare(frames)` (the
     refiner's model-size images, when it has them) and, for masks="instances", the first frame's
-    instance ids. Runs on the decode thread (Prefetcher), one window ahead of the compute.
+    instance ids (and, with `redetect_every` K > 0, those of the window's frames K, 2K, ...: the
+    re-detection frames, engine.py). Runs on the decode thread (Prefetcher), one window ahead of the compute.
 
     Overlap frames are kept from the previous window (frames, labels, prepared images: one copy
     of K frames each), not decoded again: a video file would seek back to the keyframe before
@@ -161,11 +163,13 @@ def job_windows(
                 frames = torch.cat([kept.frames[-k:], frames])
                 labels = torch.cat([kept.labels[-k:], labels])
                 images = None if images is None else torch.cat([kept.images[-k:], images])
-            inst = None
+            inst, later = None, {}
             if len(inst_names) == len(names):
                 inst = read_label_png(job.instance_dir / inst_names[start])
+                for t in redetect_frames(redetect_every, stop - start):
+                    later[t] = read_label_png(job.instance_dir / inst_names[start + t])
             paths = None if source.paths is None else source.paths[start:stop]
-            kept = Window(frames, labels, paths, inst, images, k, span.next_keyframe)
+            kept = Window(frames, labels, paths, inst, images, k, span.next_keyframe, later)
             yield start, kept
 
 
@@ -182,6 +186,7 @@ def refiner_windows(
         refiner.prepare,
         num_classes or refiner.cfg.num_classes,
         refiner.cfg.window_overlap,
+        refiner.cfg.redetect_every,
     )
 
 

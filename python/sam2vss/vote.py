@@ -191,9 +191,28 @@ class Votes:
         self.out: list[torch.Tensor] = []
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """One frame's (N, h, w) masklet logits and its (H, W) uint8 base labels."""
+        """One frame's (N, h, w) masklet logits and its (H, W) uint8 base labels. N = 0 (a frame
+        before a re-detection found a window's first masklets) paints nothing."""
+        if logits.shape[0] == 0:  # a shape: no sync
+            none = torch.full(labels.shape, -1, dtype=torch.int32, device=labels.device)
+            if self.scope == "frame":
+                self.out.append(labels.clone())
+            if self.scope == "masklet" or self.keep_ids:
+                self.ids.append(none)
+            if self.scope == "masklet":
+                self.labels.append(labels)
+            return
         ids, hist = self.ops.aggregate(logits, self.rank, labels, self.num_classes, self.by_logit)
         self.add_ids(ids, hist, labels)
+
+    def grow(self, rank: torch.Tensor) -> None:
+        """More masklets vote from this frame on (a re-detection, engine.py; a masklet is in the
+        list from its detection frame, so every frame's logits cover all of it): `rank` (N,)
+        ranks all of them (paint_rank); the new ones' histograms start at 0."""
+        new = rank.numel() - self.rank.numel()
+        self.rank = rank
+        zeros = torch.zeros((new, self.num_classes), dtype=torch.int64, device=self.hists.device)
+        self.hists = torch.cat([self.hists, zeros])
 
     def add_ids(self, ids: torch.Tensor, hist: torch.Tensor, labels: torch.Tensor) -> None:
         """One frame's (H, W) int32 masklet ids (-1: none) and their (N, C) votes."""
