@@ -328,3 +328,58 @@ def test_overlapping_windows_keep_the_carried_masks_on_the_device(sources, tmp_p
     assert [site for phase, site in syncs if "masklets.py" in site] == [syncs[-1][1]]
     assert summary["d2h_copies"] == 4  # labels + covered count per window, as without overlap
     assert all(read_label_png(tmp_path / job.name / n).shape == (64, 96) for n in job.label_names)
+
+
+def _entering_instances(job, tmp_path):
+    """`job` with a copy of its instance masks where only its first instance is on frames 0-1 and
+    an instance 200 enters on frame 2 where the first window's masklet is not tracked there (a
+    CPU run finds where: random weights track a mask over most of the frame), so a re-detection
+    at frame 2 adds a group."""
+    from sam2vss.engine import Pipeline
+    from sam2vss.video import refiner_windows
+
+    folder = tmp_path / "instance"
+    names = sorted(p.name for p in job.instance_dir.glob("*.png"))
+    for n in names:
+        ids = read_label_png(job.instance_dir / n)
+        write_label_png(folder / n, np.where(ids == ids[ids > 0].min(), ids, 0) if n in names[:2] else ids)
+    job = replace(job, instance_dir=folder)
+    refiner = Pipeline.fast(RefineConfig(masks="instances", window=4), ModelConfig(image_size=256))
+    _, first = next(iter(refiner_windows(refiner, job)))
+    tracked = refiner.refine_window(replace(first, next_keyframe=2)).carry.masks.any(0).numpy()
+    for n in names[2:]:
+        ids = read_label_png(folder / n)
+        write_label_png(folder / n, np.where(~tracked & (ids == 0), 200, ids).astype(np.uint8))
+    return job
+
+
+@pytest.mark.parametrize("redetect", [pytest.param(0, marks=pytest.mark.slow), 2])  # 0: the counts without
+def test_redetection_syncs_only_on_its_frames(sources, tmp_path, redetect):
+    """--redetect-every 2 on the emulated cuda:1 (fast, exact, instance masks, one 4-frame
+    window, an instance entering on frame 2): no device mix; the only sync after the keyframe is
+    the re-detection filter's, in frame 2 (instance masks come from the host: detection syncs
+    nothing); the window tracks the new group too. Off: the same run without it."""
+    from tqdm import tqdm
+
+    from sam2vss.engine import Pipeline
+    from sam2vss.video import refine_video
+
+    job = _entering_instances(sources[0], tmp_path)
+    cfg = RefineConfig(masks="instances", window=4, redetect_every=redetect, pipeline="fast")
+    refined = []
+    with EmulatedCuda() as emu:
+        refiner = Pipeline.fast(cfg, ModelConfig(image_size=256, device="cuda:1"))
+        emu.instrument(refiner)
+        emu.reset()
+        written = refine_video(refiner, job, tmp_path / "out", cfg.num_classes, tqdm(disable=True), refined)
+    summary = {**emu.summary(), "d2h_copies": emu.counts["d2h_copies"]}
+    syncs = [(s.phase, s.site) for s in emu.syncs]
+    print(f"redetect_every {redetect}: {summary}; syncs {syncs}; masklets {refined[0].stats.masklets}")
+    assert summary["mismatches"] == 0 and written == 4 and summary["windows"] == 1
+    assert summary["d2h_copies"] == 2  # labels + covered count, as without re-detection
+    hot = [(phase, site) for phase, site in syncs if phase not in ("setup", "outside")]
+    if redetect == 0:
+        assert hot == [] and refined[0].stats.masklets == 1
+    else:
+        assert len(hot) == 1 and hot[0][0] == "2" and "masklets.py" in hot[0][1]
+        assert refined[0].stats.masklets > 1  # the entering instance, tracked from frame 2

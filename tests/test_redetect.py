@@ -157,7 +157,9 @@ def _ids(case: str) -> dict[int, np.ndarray]:
 
 
 @pytest.mark.parametrize("ops", ["reference", "kernels"])
-@pytest.mark.parametrize(("paint_order", "vote_scope"), [("area", "masklet"), ("amg", "masklet"), ("area", "frame")])
+@pytest.mark.parametrize(
+    ("paint_order", "vote_scope"), [("area", "masklet"), ("amg", "masklet"), ("area", "frame")]
+)
 @pytest.mark.parametrize("cap", [None, 3])
 @pytest.mark.parametrize("case", ["hand", "random0", "random1", "random2"])
 def test_refine_window_follows_the_redetection_rule(case, cap, paint_order, vote_scope, ops):

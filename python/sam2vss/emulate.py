@@ -411,9 +411,10 @@ class EmulatedCuda:
     def _framed(self, frames):
         emu = self
 
-        def framed(*args, **kwargs):
-            it = iter(frames(*args, **kwargs))
-            t = 0
+        def framed(window, *args, **kwargs):
+            it = iter(frames(window, *args, **kwargs))
+            # a re-detection's tracker run starts at its frame (window.at(t)): phases stay window frames
+            t = 0 if emu._window is None else emu._window.frames - len(window.labels)
             while True:
                 emu.phase = str(t)
                 try:
