@@ -453,6 +453,7 @@ def test_engine_flags_override_the_preset_and_key_the_output_folder():
         (["--workers", "0"], "--workers: must be >= 1, got 0"),
         (["--window", "0"], "--window: must be >= 1, got 0"),
         (["--window-overlap", "-1"], "--window-overlap: must be >= 0, got -1"),
+        (["--redetect-every", "-1"], "--redetect-every: must be >= 0, got -1"),
     ],
 )
 def test_generated_flags_check_their_values(argv, message, capsys):
@@ -484,6 +485,24 @@ def test_refine_with_window_overlap_runs(tmp_path, capsys):
     assert len(list((out / video).glob("*.png"))) == 4
 
 
+def test_refine_with_redetect_every_runs(tmp_path):
+    """refine --redetect-every 2: every frame written, the setting in the manifest (another
+    configuration than without it), one stats entry per window counting all its masklets."""
+    from sam2vss.synth import synthesize
+
+    cfg = SynthConfig(videos=1, frames=4, height=48, width=64, objects=2, train_videos=0, seed=2)
+    root = synthesize(tmp_path / "ds", cfg, progress=False)
+    out = tmp_path / "o"
+    argv = ["refine", "-q", "--data", str(root), "--pred", str(root / "pred_base"), "--out", str(out)]
+    argv += ["--masks", "instances", "--checkpoint", "none", "--image-size", "256", "--window", "4"]
+    assert main([*argv, "--redetect-every", "2"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["refine"]["redetect_every"] == 2
+    ((video, entry),) = manifest["videos"].items()
+    assert entry["frames"] == 4 and len(entry["masklets"]["per_window"]) == 1
+    assert len(list((out / video).glob("*.png"))) == 4
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -494,6 +513,10 @@ def test_refine_with_window_overlap_runs(tmp_path, capsys):
         (
             ["--masks", "superpixel", "--window-overlap", "1"],
             "superpixels (--masks superpixel) are per frame",
+        ),
+        (
+            ["--masks", "superpixel", "--redetect-every", "2"],
+            "redetect_every (--redetect-every 2) needs tracked masklets",
         ),
     ],
 )

@@ -73,6 +73,24 @@ def test_window_overlap_is_another_configuration_only_when_set(pipeline):
     assert config_from_fields(refine_fields(plain), pipeline) == plain
 
 
+@pytest.mark.parametrize("pipeline", ["fast", "reference"])
+def test_redetect_every_is_another_configuration_only_when_set(pipeline):
+    """--redetect-every 0 (the default) is hashed as before the field existed (the pinned hashes
+    above); K > 0 is another configuration, read back from the manifest's settings."""
+    from dataclasses import replace
+
+    from sam2vss.refine import config_from_fields, refine_fields
+
+    model, plain = ModelConfig(image_size=256), RefineConfig(pipeline=pipeline)
+    redetecting = replace(plain, redetect_every=8)
+    assert "redetect_every" not in refine_fields(plain) and refine_fields(redetecting)["redetect_every"] == 8
+    assert refine_config_hash(plain, model) != refine_config_hash(redetecting, model)
+    assert refine_config_hash(replace(plain, redetect_every=4), model) != refine_config_hash(
+        redetecting, model
+    )
+    assert config_from_fields(refine_fields(redetecting), pipeline) == redetecting
+
+
 # ------------------------------------------------------------------ guard
 def test_guard_allows_siblings_and_refuses_overlap(tmp_path):
     root, pred = tmp_path / "S", tmp_path / "S" / "pred_base"
