@@ -36,6 +36,19 @@ The tracker fills a `Carry` at frame s_i of window i-1 (fast pipeline: on the de
 and a compare in that frame, no sync); window i filters it with its keyframe masks in one
 boolean filter (masklets.carry_over): one more host sync per window, in its setup.
 
+Re-detection within a window (RefineConfig.redetect_every = K > 0; K = 0 detects on the
+keyframe only, unchanged). At the window's frames t = K, 2K, ... (< its length) the source
+detects on frame t (`Window.at(t)`: SAM2's generator on that frame, or frame t's instance masks);
+the detections with more than half of their area inside the union of the masklets tracked at t
+(logits > 0 there, resized to the source's resolution: masklets.redetected, the carry-over's
+filter) are dropped, the preset's masklet cap bounds the window's total; the rest are a new
+group (`Groups`), tracked from t to the window's end by a tracker run of its own
+(BatchedTracker.track on images[t:], OfficialTracker on the frames t..), absent before t (no
+pixel, no vote). Paint ranks cover all the window's masklets by their detection-frame areas
+(paint_rank), ties in detection order; the masklet vote sums each masklet's frames; the masklet
+count and the next window's carried masks cover all groups. Syncs: detection's own and one for
+the filter, per re-detection frame; none on other frames.
+
 The decision a reader must know: in the fast pipeline everything from the labels' upload to the
 painted labels stays on the model's device. The frames after the keyframe make no host sync (the
 emulated CUDA device counts it: tests/test_gpu_path.py); the per-window syncs are detection's
