@@ -213,12 +213,12 @@ ENTERING = 200
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    """A 9-frame clip whose instances other than KEPT enter at frame ENTERS (their ids removed
+    """A 6-frame clip whose instances other than KEPT enter at frame ENTERS (their ids removed
     before), and an instance ENTERING that appears there where the first window's masklets are
     not tracked at that frame (random weights track a mask over most of the frame: the clip's own
     objects lie inside it), so a re-detection at frame 2 has a new object to find."""
     root = tmp_path_factory.mktemp("redetect") / "ds"
-    cfg = SynthConfig(videos=1, frames=9, height=48, width=80, objects=3, train_videos=0, seed=11)
+    cfg = SynthConfig(videos=1, frames=6, height=48, width=80, objects=3, train_videos=0, seed=11)
     synthesize(root, cfg, progress=False)
     (job,) = dataset_jobs(open_dataset(root), root / "pred_base", "val")
     names = list_frames(job.instance_dir)
@@ -270,14 +270,17 @@ def _refine(jobs, out, cfg: RefineConfig) -> list[Recorded]:
     return [Recorded(*w) for w in windows]
 
 
-CASES = {
+CASES = {  # on the 6-frame clip
     "instances_w6_k2": RefineConfig(masks="instances", window=6, redetect_every=2),
-    "instances_w6_k2_overlap2": RefineConfig(masks="instances", window=6, redetect_every=2, window_overlap=2),
-    "sam2_w6_k2": RefineConfig(masks="sam2", window=6, redetect_every=2, **LOWERED),
+    "sam2_w6_k3": RefineConfig(masks="sam2", window=6, redetect_every=3, **LOWERED),
+    "instances_w4_k2_overlap2": RefineConfig(masks="instances", window=4, redetect_every=2, window_overlap=2),
 }
+SLOW = {"instances_w4_k2_overlap2"}  # about as costly as the other two together
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+@pytest.fixture(
+    scope="module", params=[pytest.param(c, marks=[pytest.mark.slow] if c in SLOW else []) for c in CASES]
+)
 def runs(request, clip, tmp_path_factory):
     _, jobs = clip
     cfg, tmp = CASES[request.param], tmp_path_factory.mktemp(request.param)

@@ -485,7 +485,7 @@ class Groups:
         if self.carry is not None and self.carry.frame >= t:
             wanted.add(self.carry.frame)
         carries = {f: Carry(f - t, self.size) for f in sorted(wanted)}
-        images = None if self.images is None else self.images[t:]
+        images = self.images if self.images is None or t == 0 else self.images[t:]
         run = self.tracker.track(self.window.at(t), masks, images, keyframe, carries=list(carries.values()))
         self.starts.append(t)
         self.counts.append(masks.shape[0])
@@ -498,7 +498,8 @@ class Groups:
         areas, ties in detection order); (0,) when there are none."""
         if not self.areas:
             return torch.zeros(0, dtype=torch.int32, device=device)
-        return paint_rank(torch.cat([a.to(device) for a in self.areas]), order)
+        areas = self.areas[0] if len(self.areas) == 1 else torch.cat(self.areas)
+        return paint_rank(areas.to(device), order)
 
     def step(self) -> torch.Tensor:
         """The next frame's (N, h, w) logits of every group, in group order ((0, 1, 1): none)."""
