@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
+from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
@@ -21,13 +22,14 @@ from sam2vss.engine import Pipeline, redetect_frames
 from sam2vss.kernels import kernel_ops
 from sam2vss.masklets import InstanceMasks, redetected, tracked_masks
 from sam2vss.model import ModelConfig
-from sam2vss.reference import Window
+from sam2vss.reference import Carry, Window
 from sam2vss.refine import dataset_jobs, refine_jobs
 from sam2vss.sinks import write_label_png
 from sam2vss.stages import Stages
 from sam2vss.synth import synthesize
 from sam2vss.video import refiner_windows
 from sam2vss.vote import ReferenceOps
+from test_overlap import brute_force as overlap_rule
 
 MODEL = ModelConfig(image_size=256)
 LOWERED = {"grid": 8, "pred_iou_thresh": 0.0, "stability_thresh": 0.6, "stability_offset": 0.02}
@@ -242,6 +244,7 @@ class Recorded(NamedTuple):
     tracked: list[torch.Tensor]  # (M, H, W) bool per tracker run (group)
     labels: torch.Tensor
     masklets: int
+    carry: Carry | None  # refine_video hands it on and drops it from the Refined
 
 
 def _refine(jobs, out, cfg: RefineConfig) -> list[Recorded]:
@@ -260,7 +263,7 @@ def _refine(jobs, out, cfg: RefineConfig) -> list[Recorded]:
     def recorded(window, **kwargs):
         windows.append([window, [], []])
         refined = run(window, **kwargs)
-        windows[-1] += [refined.labels.clone(), refined.masklets]
+        windows[-1] += [refined.labels.clone(), refined.masklets, refined.carry]
         return refined
 
     refiner.refine_window, refiner.source.keyframe = recorded, recorded_detect
@@ -275,12 +278,9 @@ CASES = {  # on the 6-frame clip
     "sam2_w6_k3": RefineConfig(masks="sam2", window=6, redetect_every=3, **LOWERED),
     "instances_w4_k2_overlap2": RefineConfig(masks="instances", window=4, redetect_every=2, window_overlap=2),
 }
-SLOW = {"instances_w4_k2_overlap2"}  # about as costly as the other two together
 
 
-@pytest.fixture(
-    scope="module", params=[pytest.param(c, marks=[pytest.mark.slow] if c in SLOW else []) for c in CASES]
-)
+@pytest.fixture(scope="module", params=list(CASES))
 def runs(request, clip, tmp_path_factory):
     _, jobs = clip
     cfg, tmp = CASES[request.param], tmp_path_factory.mktemp(request.param)
@@ -308,6 +308,10 @@ def test_fast_equals_reference_with_redetection(runs):
     assert_equal(got, want, f"{case}: written labels")
     added = sum(sum(len(m) for m in r.tracked[1:]) for r in ref)
     print(f"{case}: {added} masklets added by re-detection, {sum(r.masklets for r in ref)} in all")
+    for a, b in pairwise(ref):  # with overlap: the next window's carried masklets, all groups'
+        assert a.carry.masks.shape[0] == a.masklets
+        want = overlap_rule(a.carry.masks.numpy(), b.detected[0].numpy(), None)
+        assert [_pixels(m) for m in b.tracked[0].numpy()] == want, f"{case}: the carry-over"
     if case.startswith("instances"):  # ENTERING at least
         assert added > 0, f"{case}: nothing was re-detected, so the test shows nothing"
         assert len(ref[0].tracked) > 1 and len(ref[0].tracked[0]) == len(KEPT)
