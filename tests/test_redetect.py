@@ -315,3 +315,24 @@ def test_fast_equals_reference_with_redetection(runs):
     if case.startswith("instances"):  # ENTERING at least
         assert added > 0, f"{case}: nothing was re-detected, so the test shows nothing"
         assert len(ref[0].tracked) > 1 and len(ref[0].tracked[0]) == len(KEPT)
+
+
+@pytest.mark.parametrize("runs", ["instances_w6_k2"], indirect=True)  # one case: a fast run
+def test_in_memory_api_redetects_the_same(clip, runs):
+    """Refiner.refine_video on the clip in memory (its instance ids per frame): the folder run's
+    labels and masklet counts."""
+    from PIL import Image
+
+    from sam2vss.api import Refiner
+
+    case, job, tmp, _, fast = runs
+    root, _ = clip
+    read = lambda folder: np.stack([np.asarray(Image.open(p)) for p in sorted(folder.iterdir())])  # noqa: E731
+    video = root / "data" / job.name
+    refiner = Refiner(replace(CASES[case], pipeline="fast"), MODEL)
+    refined = refiner.refine_video(
+        read(video / "origin"), read(root / "pred_base" / job.name), read(video / "instance")
+    )
+    written = np.stack([read_label_png(tmp / "fast" / job.name / n) for n in job.label_names])
+    assert_equal(refined, written, f"{case}: Refiner.refine_video vs refine")
+    assert [s.masklets for s in refiner.window_stats] == [r.masklets for r in fast]
