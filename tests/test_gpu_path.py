@@ -353,19 +353,28 @@ def _entering_instances(job, tmp_path):
     return job
 
 
-@pytest.mark.parametrize("redetect", [pytest.param(0, marks=pytest.mark.slow), 2])  # 0: the counts without
-def test_redetection_syncs_only_on_its_frames(sources, tmp_path, redetect):
-    """--redetect-every 2 on the emulated cuda:1 (fast, exact, instance masks, one 4-frame
-    window, an instance entering on frame 2): no device mix; the only sync after the keyframe is
-    the re-detection filter's, in frame 2 (instance masks come from the host: detection syncs
-    nothing); the window tracks the new group too. Off: the same run without it."""
+@pytest.mark.parametrize(
+    ("masks", "redetect"),
+    [
+        pytest.param("instances", 0, marks=pytest.mark.slow),
+        ("instances", 2),
+        ("sam2", 2),
+    ],  # 0: the counts without
+)
+def test_redetection_syncs_only_on_its_frames(sources, tmp_path, masks, redetect):
+    """--redetect-every 2 on the emulated cuda:1 (fast, exact, one 4-frame window): no device mix;
+    the syncs after the keyframe are all in frame 2, the re-detection frame: the filter's one
+    (masklets.py) and detection's own (none for instance masks, which come from the host; SAM2's
+    generator: its filters and NMS); with an instance entering on frame 2 the window tracks a new
+    group. Off: the same run without it."""
     from tqdm import tqdm
 
     from sam2vss.engine import Pipeline
     from sam2vss.video import refine_video
 
-    job = _entering_instances(sources[0], tmp_path)
-    cfg = RefineConfig(masks="instances", window=4, redetect_every=redetect, pipeline="fast")
+    job = _entering_instances(sources[0], tmp_path) if masks == "instances" else sources[0]
+    cfg = RefineConfig(masks=masks, window=4, redetect_every=redetect, pipeline="fast",
+                       **(LOWERED if masks == "sam2" else {}))  # fmt: skip
     refined = []
     with EmulatedCuda() as emu:
         refiner = Pipeline.fast(cfg, ModelConfig(image_size=256, device="cuda:1"))
@@ -374,12 +383,17 @@ def test_redetection_syncs_only_on_its_frames(sources, tmp_path, redetect):
         written = refine_video(refiner, job, tmp_path / "out", cfg.num_classes, tqdm(disable=True), refined)
     summary = {**emu.summary(), "d2h_copies": emu.counts["d2h_copies"]}
     syncs = [(s.phase, s.site) for s in emu.syncs]
-    print(f"redetect_every {redetect}: {summary}; syncs {syncs}; masklets {refined[0].stats.masklets}")
+    print(
+        f"{masks} redetect_every {redetect}: {summary}; syncs {syncs}; masklets {refined[0].stats.masklets}"
+    )
     assert summary["mismatches"] == 0 and written == 4 and summary["windows"] == 1
     assert summary["d2h_copies"] == 2  # labels + covered count, as without re-detection
     hot = [(phase, site) for phase, site in syncs if phase not in ("setup", "outside")]
+    filters = [site for _, site in hot if "masklets.py" in site]
     if redetect == 0:
         assert hot == [] and refined[0].stats.masklets == 1
     else:
-        assert len(hot) == 1 and hot[0][0] == "2" and "masklets.py" in hot[0][1]
+        assert {phase for phase, _ in hot} == {"2"} and len(filters) == 1
+    if masks == "instances" and redetect:
+        assert hot == [("2", filters[0])]  # instance masks: the filter's sync only
         assert refined[0].stats.masklets > 1  # the entering instance, tracked from frame 2
