@@ -317,7 +317,8 @@ def test_fast_equals_reference_with_redetection(runs):
         assert len(ref[0].tracked) > 1 and len(ref[0].tracked[0]) == len(KEPT)
 
 
-@pytest.mark.parametrize("runs", ["instances_w6_k2"], indirect=True)  # one case: a fast run
+@pytest.mark.slow  # a fast run more (~3 s); the folder runs above are the default set
+@pytest.mark.parametrize("runs", ["instances_w6_k2"], indirect=True)
 def test_in_memory_api_redetects_the_same(clip, runs):
     """Refiner.refine_video on the clip in memory (its instance ids per frame): the folder run's
     labels and masklet counts."""
