@@ -358,7 +358,7 @@ def _entering_instances(job, tmp_path):
     [
         pytest.param("instances", 0, marks=pytest.mark.slow),
         ("instances", 2),
-        ("sam2", 2),
+        pytest.param("sam2", 2, marks=pytest.mark.slow),  # its detections are dropped: instances add one
     ],  # 0: the counts without
 )
 def test_redetection_syncs_only_on_its_frames(sources, tmp_path, masks, redetect):

@@ -184,7 +184,12 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+SLOW = {"sam2_w4_k1"}  # ~5-9 s on 2 cores; the detection path is the keyframe's, tested without the flag
+
+
+@pytest.fixture(
+    scope="module", params=[pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES]
+)
 def runs(request, clip, tmp_path_factory):
     _, jobs = clip
     cfg, tmp = CASES[request.param], tmp_path_factory.mktemp(request.param)
