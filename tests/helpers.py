@@ -44,3 +44,21 @@ def random_video(
         raws.append(raw.copy())
         preds.append(pred.copy())
     return raws, preds
+
+
+def refine_in_memory(root: Path, video: str, cfg, model):
+    """`sam2vss.Refiner.refine_video` on a synthetic set's video read into memory (frames, base
+    labels, instance ids from their folders) against its folder run: (labels, the Refiner)."""
+    from PIL import Image
+
+    from sam2vss.api import Refiner
+
+    def read(folder: Path) -> np.ndarray:
+        return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.iterdir())])
+
+    folder = root / "data" / video
+    refiner = Refiner(cfg, model)
+    labels = refiner.refine_video(
+        read(folder / "origin"), read(root / "pred_base" / video), read(folder / "instance")
+    )
+    return labels, refiner

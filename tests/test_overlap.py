@@ -12,10 +12,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from checks import assert_equal
-from sam2vss.api import Refiner
+from helpers import refine_in_memory
 from sam2vss.config import RefineConfig, SynthConfig
 from sam2vss.data import open_dataset, read_label_png
 from sam2vss.engine import Pipeline
@@ -258,13 +257,7 @@ def test_in_memory_api_follows_the_same_schedule(clip, runs):
     """Refiner.refine_video on the clip in memory: the folder run's labels, one stats entry per
     window of the schedule."""
     case, job, tmp, _, _ = runs
-    root, _ = clip
-    read = lambda folder: np.stack([np.asarray(Image.open(p)) for p in sorted(folder.iterdir())])  # noqa: E731
-    video = root / "data" / job.name
-    refiner = Refiner(replace(CASES[case], pipeline="fast"), MODEL)
-    refined = refiner.refine_video(
-        read(video / "origin"), read(root / "pred_base" / job.name), read(video / "instance")
-    )
+    refined, refiner = refine_in_memory(clip[0], job.name, replace(CASES[case], pipeline="fast"), MODEL)
     written = np.stack([read_label_png(tmp / "fast" / job.name / n) for n in job.label_names])
     assert_equal(refined, written, f"{case}: Refiner.refine_video vs refine")
     spans = window_spans(9, 4, CASES[case].window_overlap)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from checks import assert_equal
+from helpers import refine_in_memory
 from sam2vss.config import RefineConfig, SynthConfig
 from sam2vss.data import list_frames, open_dataset, read_label_png
 from sam2vss.engine import Pipeline, redetect_frames
@@ -327,18 +328,8 @@ def test_fast_equals_reference_with_redetection(runs):
 def test_in_memory_api_redetects_the_same(clip, runs):
     """Refiner.refine_video on the clip in memory (its instance ids per frame): the folder run's
     labels and masklet counts."""
-    from PIL import Image
-
-    from sam2vss.api import Refiner
-
     case, job, tmp, _, fast = runs
-    root, _ = clip
-    read = lambda folder: np.stack([np.asarray(Image.open(p)) for p in sorted(folder.iterdir())])  # noqa: E731
-    video = root / "data" / job.name
-    refiner = Refiner(replace(CASES[case], pipeline="fast"), MODEL)
-    refined = refiner.refine_video(
-        read(video / "origin"), read(root / "pred_base" / job.name), read(video / "instance")
-    )
+    refined, refiner = refine_in_memory(clip[0], job.name, replace(CASES[case], pipeline="fast"), MODEL)
     written = np.stack([read_label_png(tmp / "fast" / job.name / n) for n in job.label_names])
     assert_equal(refined, written, f"{case}: Refiner.refine_video vs refine")
     assert [s.masklets for s in refiner.window_stats] == [r.masklets for r in fast]
