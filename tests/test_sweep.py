@@ -220,3 +220,30 @@ def test_sweep_over_window_overlap(data, tmp_path):
     assert manifests[1]["config"]["refine"]["window_overlap"] == 2
     windows = [len(next(iter(m["videos"].values()))["masklets"]["per_window"]) for m in manifests]
     assert windows == [2, 3]  # [0, 3) + [3, 5); [0, 3) + [1, 4) + [2, 5)
+
+
+def test_sweep_with_a_damaged_base_label_fails_that_video_and_keeps_the_rest(tmp_path, capsys):
+    """A truncated base label PNG in one of two videos: every setting fails that video (exit 1,
+    one error line per setting naming the file), the other video's outputs are written and
+    kept, the table lists the failed settings and says why the base row is missing; after the
+    fix the rerun refines only the damaged video."""
+    cfg = SynthConfig(videos=2, frames=3, height=48, width=80, objects=2, train_videos=0, seed=4)
+    root = synthesize(tmp_path / "ds", cfg, progress=False)
+    bad = sorted((root / "pred_base" / "0001_synth4").iterdir())[1]
+    good = bad.read_bytes()
+    bad.write_bytes(good[:60])
+    data, out = (root, root / "pred_base"), tmp_path / "sweep"
+    flags = [*SP, "--param", "superpixel_size", "--values", "64,256"]
+    assert _sweep(data, out, *flags) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(bad.name in line and "0001_synth4" in line for line in err), err
+    for setting in ("superpixel_size=64", "superpixel_size=256"):
+        assert len(list((out / setting / "0000_synth4").glob("*.png"))) == 3  # the good video kept
+        assert not (out / setting / "0001_synth4").exists()  # nothing partial where eval reads
+    table = (out / "sweep.md").read_text()
+    assert "not evaluated: no setting finished" in table and "Failed settings" in table
+    kept = _mtimes(out / "superpixel_size=64" / "0000_synth4")
+    bad.write_bytes(good)
+    assert _sweep(data, out, *flags) == 0
+    assert _mtimes(out / "superpixel_size=64" / "0000_synth4") == kept
+    assert "base (unrefined) | " in (out / "sweep.md").read_text()
