@@ -66,7 +66,12 @@ class Setting:
 
     @property
     def name(self) -> str:
-        return ",".join(f"{p}={show(v)}" for p, v in self.values)
+        return setting_name(self.values)
+
+
+def setting_name(values: Sequence[tuple[str, object]]) -> str:
+    """The setting's folder name: `window=4`, `superpixel_size=64,paint_order=amg`."""
+    return ",".join(f"{p}={show(v)}" for p, v in values)
 
 
 def settings(
@@ -80,7 +85,7 @@ def settings(
         given = dict(values)
         cfg_fields = {k: v for k, v in given.items() if k in REFINE_PARAMS}
         engine_fields = {k: v for k, v in given.items() if k in ENGINE_PARAMS}
-        name = ",".join(f"{p}={show(v)}" for p, v in values)
+        name = setting_name(values)
         try:
             cfg = replace(base, **cfg_fields, engine=None)
             overrides = base.engine_overrides() | engine_fields
@@ -108,7 +113,7 @@ class SweepReport:
     evaluated: list[str] = field(default_factory=list)  # settings evaluated in this run
     failed: dict[str, str] = field(default_factory=dict)  # setting -> why
     written: list[str] = field(default_factory=list)  # summary files (re)written
-    models_built: int = 0  # pipelines built in this run that did not reuse an earlier one's SAM2
+    models_built: int = 0  # SAM2 builds in this run (the settings sharing one count once)
 
 
 def gt_digest(dataset: Dataset, split: str) -> str:
@@ -230,8 +235,14 @@ def run_sweep(
     stale = [s for s in ready if (_read_json(out / s.name / EVAL_FILE) or {}).get("key") != keys[s.name]]
     # The base row: only when every video's inputs are valid (a bad one fails in every setting)
     base_ok = ready and all(j.error is None for j in jobs)
-    base_key = {"pred_sha256": pred_digest(jobs), "metric": keys[ready[0].name]["metric"]} if base_ok else {}
-    base_key |= {"gt_sha256": gt, "split": split} if base_ok else {}
+    base_key = {}
+    if base_ok:
+        base_key = {
+            "pred_sha256": pred_digest(jobs),
+            "metric": keys[ready[0].name]["metric"],
+            "gt_sha256": gt,
+            "split": split,
+        }
     base_stale = base_ok and (_read_json(out / BASE_EVAL) or {}).get("key") != base_key
     if stale or base_stale:
         folders = [out / s.name for s in stale] + ([base_pred] if base_stale else [])
